@@ -1,0 +1,19 @@
+"""``seedx bench NAME [ARGS]``: each benchmark lives beside the code it measures."""
+
+from __future__ import annotations
+
+import importlib
+
+BENCHES = {
+    "query-rows": "engine.bench.query_rows",
+    "transport": "workers.bench",
+}
+
+
+def run_bench(name: str, argv: list[str]) -> int:
+    module_name = BENCHES.get(name)
+    if module_name is None:
+        print(f"unknown benchmark {name!r}; choose from {', '.join(sorted(BENCHES))}")
+        return 2
+    module = importlib.import_module(module_name)
+    return int(module.main(argv) or 0)

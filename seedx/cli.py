@@ -1,0 +1,132 @@
+"""The ``seedx`` command line: one entry point for tiny checkpoints, conversion, local runs and
+benchmarks (and, as the other stages land, the gateway and workers).
+
+Each subcommand imports what it needs when it runs, so ``seedx --help`` stays instant and the
+gateway's commands never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from engine.checkpoint.tiny import make_tiny
+
+    root = make_tiny(Path(args.dir), seed=args.seed)
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    print(f"wrote a tiny random-weight SEED-X tree to {root} ({size / 2**20:.1f} MiB)")
+    print("its weights are random: outputs are noise, every code path is real")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from engine.checkpoint.convert import convert
+
+    manifest = convert(Path(args.src), Path(args.out), models=args.model or None,
+                       dtype=args.dtype, progress=not args.quiet)
+    print(f"serving layout in {args.out}: models {sorted(manifest['models'])}, "
+          f"de-tokenizers {sorted(manifest['detokenizers'])}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.run_cli import run_command
+
+    return run_command(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from seedx.bench import run_bench
+
+    return run_bench(args.name, args.rest)
+
+
+def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    run = sub.add_parser("run", help="one-shot local inference with the PyTorch reference")
+    tasks = run.add_subparsers(dest="task", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", required=True, help="serving root written by `seedx convert`")
+    common.add_argument("--device", default="cpu")
+    common.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="compute dtype (default: float32 on CPU, float16 on CUDA)")
+    common.add_argument("--dump", default=None, help="write intermediate tensors here")
+    common.add_argument("--seed", type=int, default=None)
+    image_opts = argparse.ArgumentParser(add_help=False)
+    image_opts.add_argument("--steps", type=int, default=50)
+    image_opts.add_argument("--guidance", type=float, default=7.5)
+    image_opts.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT, multiples of 64")
+    image_opts.add_argument("--out", required=True, help="output image file (.png/.jpg/.webp)")
+    image_opts.add_argument("--scheduler", default="euler")
+
+    chat = tasks.add_parser("chat", parents=[common], help="image(s) + text -> text and boxes")
+    chat.add_argument("--llm", default="seed-x-i", help="seed-x-i | seed-x | seed-x-edit")
+    chat.add_argument("--image", action="append", default=[], help="input image (repeatable)")
+    chat.add_argument("--prompt", required=True)
+    chat.add_argument("--max-new-tokens", type=int, default=512)
+
+    image = tasks.add_parser("image", parents=[common, image_opts], help="text -> image")
+    image.add_argument("--llm", default="seed-x-i", help="seed-x-i | seed-x")
+    image.add_argument("--prompt", required=True)
+    image.add_argument("--max-new-tokens", type=int, default=120)
+
+    edit = tasks.add_parser("edit", parents=[common, image_opts], help="image + instruction -> image")
+    edit.add_argument("--image", required=True)
+    edit.add_argument("--prompt", required=True)
+    edit.add_argument("--image-guidance", type=float, default=1.5)
+    edit.add_argument("--max-new-tokens", type=int, default=512)
+
+    variation = tasks.add_parser("variation", parents=[common, image_opts],
+                                 help="image -> variation via its own ViT features")
+    variation.add_argument("--image", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seedx", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser("make-tiny", help="write a tiny random-weight tree in the released layout")
+    tiny.add_argument("dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=_make_tiny)
+
+    conv = sub.add_parser("convert", help="released SEED-X tree -> serving layout")
+    conv.add_argument("src")
+    conv.add_argument("out")
+    conv.add_argument("--model", action="append", choices=["seed-x", "seed-x-i", "seed-x-edit"],
+                      help="LLM(s) to convert (repeatable; default: all present)")
+    conv.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    conv.add_argument("--quiet", action="store_true", help="no progress bars")
+    conv.set_defaults(handler=_convert)
+
+    _add_run_parsers(sub)
+    sub.choices["run"].set_defaults(handler=_run)
+
+    bench = sub.add_parser("bench", help="benchmarks (query-rows, transport, ...)")
+    bench.add_argument("name")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
+        print(f"seedx {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
