@@ -21,7 +21,8 @@ class SeedXAgent(nn.Module):
         super().__init__()
         if arch.input_resampler.embed_dim != llm_hidden:
             raise ValueError(
-                f"input_resampler.embed_dim {arch.input_resampler.embed_dim} != LLM hidden {llm_hidden}"
+                f"input_resampler.embed_dim {arch.input_resampler.embed_dim} != LLM hidden "
+                f"{llm_hidden}"
             )
         if arch.output_resampler.kv_dim != llm_hidden:
             raise ValueError(
@@ -32,13 +33,13 @@ class SeedXAgent(nn.Module):
         self.patch_pos_embed = nn.Parameter(torch.zeros(arch.patch_pos_rows, llm_hidden))
 
     def tile_position(self, centres: torch.Tensor) -> torch.Tensor:
-        """``[n, 2]`` normalised tile centres -> ``[n, hidden]``: ``([x, y, 1-x, 1-y] / 2) @ P`` (§2.3)."""
+        """``[n, 2]`` tile centres -> ``[n, hidden]``: ``([x, y, 1-x, 1-y] / 2) @ P`` (§2.3)."""
         x, y = centres[:, 0:1], centres[:, 1:2]
         weights = torch.cat([x, y, 1 - x, 1 - y], dim=1) / 2
         return weights.to(self.patch_pos_embed.dtype) @ self.patch_pos_embed
 
     def visual_embedding(self, query_hidden: torch.Tensor) -> torch.Tensor:
-        """Final-norm LLM states at the 64 query positions ``[k, 64, H]`` -> ``[k, 64, D]`` (§5.2.4)."""
+        """Final-norm LLM states at the query positions ``[k, 64, H]`` -> ``[k, 64, D]`` (§5.2)."""
         return self.output_resampler(query_hidden.to(self.patch_pos_embed.dtype))
 
 

@@ -120,7 +120,9 @@ class SeedXArch:
                 given = data.pop(name)
                 unknown = set(given) - set(base)
                 if unknown:
-                    raise ValueError(f"{ARCH_FILE_NAME}: unknown keys in {name!r}: {sorted(unknown)}")
+                    raise ValueError(
+                        f"{ARCH_FILE_NAME}: unknown keys in {name!r}: {sorted(unknown)}"
+                    )
                 base.update(given)
                 kwargs[name] = klass(**base)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -149,9 +151,7 @@ def tiny_arch(llm_hidden: int = 128) -> SeedXArch:
     """Sizes of the tiny random-weight checkpoints: every head is 64 wide (vLLM CPU kernels)."""
     vit_out = 128
     return SeedXArch(
-        vit=VitArch(
-            width=64, layers=2, heads=1, mlp_dim=128, output_dim=vit_out, pool_heads=2
-        ),
+        vit=VitArch(width=64, layers=2, heads=1, mlp_dim=128, output_dim=vit_out, pool_heads=2),
         input_resampler=ResamplerArch(embed_dim=llm_hidden, heads=2, kv_dim=vit_out),
         output_resampler=ResamplerArch(embed_dim=vit_out, heads=2, kv_dim=llm_hidden),
         detokenizer=DetokenizerArch(

@@ -41,8 +41,9 @@ class LlmFolder:
         seedx = config.get("seedx")
         if not isinstance(seedx, dict):
             raise CheckpointError(f"{config_path}: no 'seedx' section: run `seedx convert` first")
-        return cls(path, seedx["model"], config, SeedXArch.from_dict(seedx["arch"]),
-                   seedx["detokenizer"])
+        return cls(
+            path, seedx["model"], config, SeedXArch.from_dict(seedx["arch"]), seedx["detokenizer"]
+        )
 
     @property
     def hidden_size(self) -> int:
@@ -56,7 +57,7 @@ class LlmFolder:
 
 
 def _load_into(module: torch.nn.Module, folder: Path, prefix: str) -> None:
-    state = {name[len(prefix):]: tensor for name, tensor in iter_tensors(folder, prefix)}
+    state = {name[len(prefix) :]: tensor for name, tensor in iter_tensors(folder, prefix)}
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(
@@ -86,9 +87,10 @@ def load_llm(folder: LlmFolder, dtype: torch.dtype, device: str | torch.device =
     return model
 
 
-def load_picture_encoder(folder: LlmFolder, dtype: torch.dtype,
-                         device: str | torch.device = "cpu") -> PictureEncoder:
-    """ViT + agent (input/output resamplers, per-tile embedding) from the ``vit.*``/``agent.*`` keys."""
+def load_picture_encoder(
+    folder: LlmFolder, dtype: torch.dtype, device: str | torch.device = "cpu"
+) -> PictureEncoder:
+    """ViT + agent (resamplers, per-tile embedding) from the ``vit.*`` and ``agent.*`` keys."""
     with torch.device("meta"):
         vit = QwenViT(folder.arch.vit)
         agent = SeedXAgent(folder.arch, folder.hidden_size)
@@ -103,7 +105,9 @@ def resolve_llm_folder(path: Path, model: str | None = None) -> Path:
         return path
     manifest_path = path / layout.SERVING_MANIFEST
     if not manifest_path.is_file():
-        raise CheckpointError(f"{path}: neither an LLM folder nor a serving root ({layout.SERVING_MANIFEST})")
+        raise CheckpointError(
+            f"{path}: neither an LLM folder nor a serving root ({layout.SERVING_MANIFEST})"
+        )
     manifest = json.loads(manifest_path.read_text())
     models = manifest.get("models", {})
     if model is None:

@@ -44,8 +44,14 @@ class Generation:
 class SeedXReference:
     """Greedy SEED-X generation with the image-token rules of §5.5."""
 
-    def __init__(self, llm: Any, encoder: PictureEncoder, tokenizer: Any, folder: LlmFolder,
-                 suppress_value: float = 0.0) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        encoder: PictureEncoder,
+        tokenizer: Any,
+        folder: LlmFolder,
+        suppress_value: float = 0.0,
+    ) -> None:
         self.llm = llm
         self.encoder = encoder
         self.tokenizer = tokenizer
@@ -75,8 +81,9 @@ class SeedXReference:
         features, in prompt order."""
         ids_t = torch.tensor([ids], device=self.device)
         embeds = self.llm.model.embed_tokens(ids_t)
-        positions = torch.tensor(query_positions(ids, self.tokenizer), dtype=torch.long,
-                                 device=self.device)
+        positions = torch.tensor(
+            query_positions(ids, self.tokenizer), dtype=torch.long, device=self.device
+        )
         slots = len(positions)
         given = 0 if pictures is None else pictures.shape[0] * pictures.shape[1]
         if slots != given:
@@ -87,8 +94,9 @@ class SeedXReference:
         return embeds  # type: ignore[no-any-return]
 
     # -- decoding -------------------------------------------------------------------------
-    def _forward(self, cache: Any, *, ids: list[int] | None = None,
-                 embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def _forward(
+        self, cache: Any, *, ids: list[int] | None = None, embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Runs new positions through the trunk; returns their final-norm states ``[T, H]``."""
         if embeds is None:
             embeds = self.llm.model.embed_tokens(torch.tensor([ids], device=self.device))
@@ -100,9 +108,10 @@ class SeedXReference:
         logits[self.image_ids[1:]] = self.suppress_value
         return int(torch.argmax(logits))
 
-    def _forced_block(self, cache: Any, start: int, budget: int,
-                      mode: QueryRowMode) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
-        """Feeds the forced tokens after ``image_ids[start]``; returns (ids, last state, query rows).
+    def _forced_block(
+        self, cache: Any, start: int, budget: int, mode: QueryRowMode
+    ) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
+        """Feeds the forced tokens after ``image_ids[start]``: (ids, last state, query rows).
 
         Query rows are returned only for a complete block opened by ``<img>`` (start == 0) whose
         64 queries and ``</img>`` fit in the token budget, as the original's capture requires.
@@ -117,9 +126,15 @@ class SeedXReference:
         return forced, states[-1], rows
 
     @torch.no_grad()
-    def generate(self, ids: list[int], pictures: torch.Tensor | None = None, *,
-                 max_new_tokens: int = 512, query_rows: QueryRowMode = "one_pass",
-                 force_image_after: int | None = None) -> Generation:
+    def generate(
+        self,
+        ids: list[int],
+        pictures: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 512,
+        query_rows: QueryRowMode = "one_pass",
+        force_image_after: int | None = None,
+    ) -> Generation:
         """Greedy decoding with §5.5's rules; ``force_image_after`` (our extension for requests
         that must return an image) turns the first EOS, or the token after that many text
         tokens, into ``<img>`` when the model has not opened an image by itself."""
@@ -143,8 +158,10 @@ class SeedXReference:
                 last = forced[-1]
                 continue
             token = self._next_token(hidden)
-            if force_image_after is not None and not result.images and (
-                token == self.tokenizer.eos_id or len(result.output_ids) >= force_image_after
+            if (
+                force_image_after is not None
+                and not result.images
+                and (token == self.tokenizer.eos_id or len(result.output_ids) >= force_image_after)
             ):
                 token = self.image_ids[0]
             result.output_ids.append(token)

@@ -43,8 +43,8 @@ def resize_pos_table(table: torch.Tensor, target_len: int) -> torch.Tensor:
     Runs in float32 with ``align_corners=False`` and casts back, so precomputing it once gives
     the same values as the reference, which recomputes it on every call (§7.4).
     """
-    src = int(math.isqrt(table.shape[0]))
-    dst = int(math.isqrt(target_len))
+    src = math.isqrt(table.shape[0])
+    dst = math.isqrt(target_len)
     if src * src != table.shape[0] or dst * dst != target_len:
         raise ValueError(f"tables must be square grids, got {table.shape[0]} -> {target_len}")
     if src == dst:

@@ -62,31 +62,53 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"raw:  {raw if len(raw) <= 400 else raw[:400] + '...'}")
         for box in result.boxes:
             p = box.pixels
-            print(f"box: x1={p.x1} y1={p.y1} x2={p.x2} y2={p.y2} "
-                  f"(image {box.image_size[0]}x{box.image_size[1]}, loc {list(box.loc)})")
+            print(
+                f"box: x1={p.x1} y1={p.y1} x2={p.x2} y2={p.y2} "
+                f"(image {box.image_size[0]}x{box.image_size[1]}, loc {list(box.loc)})"
+            )
     elif args.task == "image":
         options = _options(args)
         reference = load_reference(root, args.llm, dtype, args.device)
         pipeline = load_detokenizer_stage(root, reference.folder.detokenizer, dtype, args.device)
-        image = flows.text_to_image(reference, pipeline, args.prompt, options, seed=args.seed,
-                                    guidance_scale=args.guidance,
-                                    max_new_tokens=args.max_new_tokens, dump=dump)
+        image = flows.text_to_image(
+            reference,
+            pipeline,
+            args.prompt,
+            options,
+            seed=args.seed,
+            guidance_scale=args.guidance,
+            max_new_tokens=args.max_new_tokens,
+            dump=dump,
+        )
         _save(image, args.out)
     elif args.task == "edit":
         options = _options(args)
         reference = load_reference(root, "seed-x-edit", dtype, args.device)
         pipeline = load_detokenizer_stage(root, reference.folder.detokenizer, dtype, args.device)
-        image = flows.edit(reference, pipeline, _open_image(args.image), args.prompt, options,
-                           seed=42 if args.seed is None else args.seed,
-                           guidance_scale=args.guidance,
-                           image_guidance_scale=args.image_guidance,
-                           max_new_tokens=args.max_new_tokens, dump=dump)
+        image = flows.edit(
+            reference,
+            pipeline,
+            _open_image(args.image),
+            args.prompt,
+            options,
+            seed=42 if args.seed is None else args.seed,
+            guidance_scale=args.guidance,
+            image_guidance_scale=args.image_guidance,
+            max_new_tokens=args.max_new_tokens,
+            dump=dump,
+        )
         _save(image, args.out)
     else:
         options = _options(args)
         pipeline = load_detokenizer_stage(root, "first_stage", dtype, args.device)
-        image = flows.variation(pipeline, _open_image(args.image), options, seed=args.seed,
-                                guidance_scale=args.guidance, dump=dump)
+        image = flows.variation(
+            pipeline,
+            _open_image(args.image),
+            options,
+            seed=args.seed,
+            guidance_scale=args.guidance,
+            dump=dump,
+        )
         _save(image, args.out)
     if dump is not None:
         print(f"dumped {len(dump.tensors)} tensors to {dump.save(Path(args.dump), args.task)}")

@@ -20,8 +20,9 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def load_reference(root: Path, llm: str | None, dtype: torch.dtype,
-                   device: str | torch.device) -> SeedXReference:
+def load_reference(
+    root: Path, llm: str | None, dtype: torch.dtype, device: str | torch.device
+) -> SeedXReference:
     folder = LlmFolder.read(resolve_llm_folder(root, llm))
     return SeedXReference(
         load_llm(folder, dtype, device),
@@ -37,7 +38,9 @@ def detokenizer_folder(root: Path, stage: str) -> Path:
     if manifest_path.is_file():
         known = json.loads(manifest_path.read_text()).get("detokenizers", {})
         if stage not in known:
-            raise CheckpointError(f"{root}: de-tokenizer {stage!r} not converted; have {sorted(known)}")
+            raise CheckpointError(
+                f"{root}: de-tokenizer {stage!r} not converted; have {sorted(known)}"
+            )
         return root / known[stage]["path"]
     folder = layout.serving_detokenizer_dir(root, stage)
     if not folder.is_dir():
@@ -45,8 +48,9 @@ def detokenizer_folder(root: Path, stage: str) -> Path:
     return folder
 
 
-def load_detokenizer_stage(root: Path, stage: str, dtype: torch.dtype,
-                           device: str | torch.device) -> Any:
+def load_detokenizer_stage(
+    root: Path, stage: str, dtype: torch.dtype, device: str | torch.device
+) -> Any:
     from engine.checkpoint.detokenizer_folder import load_detokenizer
 
     return load_detokenizer(detokenizer_folder(root, stage), device=device, dtype=dtype)

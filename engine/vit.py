@@ -73,7 +73,7 @@ class VisualTrunk(nn.Module):
 
 
 class QwenViT(nn.Module):
-    """``forward(pixels [n, 3, 448, 448]) -> [n, pool_grid**2, output_dim]`` (CLIP-normalised input)."""
+    """``forward(pixels [n, 3, 448, 448]) -> [n, pool_grid**2, output_dim]``, CLIP-normalised."""
 
     def __init__(self, arch: VitArch) -> None:
         super().__init__()

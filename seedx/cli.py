@@ -29,10 +29,17 @@ def _make_tiny(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from engine.checkpoint.convert import convert
 
-    manifest = convert(Path(args.src), Path(args.out), models=args.model or None,
-                       dtype=args.dtype, progress=not args.quiet)
-    print(f"serving layout in {args.out}: models {sorted(manifest['models'])}, "
-          f"de-tokenizers {sorted(manifest['detokenizers'])}")
+    manifest = convert(
+        Path(args.src),
+        Path(args.out),
+        models=args.model or None,
+        dtype=args.dtype,
+        progress=not args.quiet,
+    )
+    print(
+        f"serving layout in {args.out}: models {sorted(manifest['models'])}, "
+        f"de-tokenizers {sorted(manifest['detokenizers'])}"
+    )
     return 0
 
 
@@ -54,8 +61,12 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", required=True, help="serving root written by `seedx convert`")
     common.add_argument("--device", default="cpu")
-    common.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                        help="compute dtype (default: float32 on CPU, float16 on CUDA)")
+    common.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="compute dtype (default: float32 on CPU, float16 on CUDA)",
+    )
     common.add_argument("--dump", default=None, help="write intermediate tensors here")
     common.add_argument("--seed", type=int, default=None)
     image_opts = argparse.ArgumentParser(add_help=False)
@@ -76,14 +87,19 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     image.add_argument("--prompt", required=True)
     image.add_argument("--max-new-tokens", type=int, default=120)
 
-    edit = tasks.add_parser("edit", parents=[common, image_opts], help="image + instruction -> image")
+    edit = tasks.add_parser(
+        "edit", parents=[common, image_opts], help="image + instruction -> image"
+    )
     edit.add_argument("--image", required=True)
     edit.add_argument("--prompt", required=True)
     edit.add_argument("--image-guidance", type=float, default=1.5)
     edit.add_argument("--max-new-tokens", type=int, default=512)
 
-    variation = tasks.add_parser("variation", parents=[common, image_opts],
-                                 help="image -> variation via its own ViT features")
+    variation = tasks.add_parser(
+        "variation",
+        parents=[common, image_opts],
+        help="image -> variation via its own ViT features",
+    )
     variation.add_argument("--image", required=True)
 
 
@@ -92,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tiny = sub.add_parser("make-tiny", help="write a tiny random-weight tree in the released layout")
+    tiny = sub.add_parser(
+        "make-tiny", help="write a tiny random-weight tree in the released layout"
+    )
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_make_tiny)
@@ -100,8 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert", help="released SEED-X tree -> serving layout")
     conv.add_argument("src")
     conv.add_argument("out")
-    conv.add_argument("--model", action="append", choices=["seed-x", "seed-x-i", "seed-x-edit"],
-                      help="LLM(s) to convert (repeatable; default: all present)")
+    conv.add_argument(
+        "--model",
+        action="append",
+        choices=["seed-x", "seed-x-i", "seed-x-edit"],
+        help="LLM(s) to convert (repeatable; default: all present)",
+    )
     conv.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     conv.add_argument("--quiet", action="store_true", help="no progress bars")
     conv.set_defaults(handler=_convert)
@@ -118,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tiny_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight SEED-X tree in the released layout (``seedx make-tiny``), once per run."""
+    """A tiny random-weight SEED-X tree in the released layout (``seedx make-tiny``)."""
     from engine.checkpoint.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny") / "SEED-X-17B", seed=0)

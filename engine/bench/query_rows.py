@@ -28,16 +28,18 @@ def _load(model: Path | None, llm: str) -> tuple[object, Path | None]:
     if model is None:
         scratch = Path(tempfile.mkdtemp(prefix="seedx-bench-"))
         make_tiny(scratch / "tiny")
-        convert(scratch / "tiny", scratch / "serving", models=[llm], dtype="float32",
-                progress=False)
+        convert(
+            scratch / "tiny", scratch / "serving", models=[llm], dtype="float32", progress=False
+        )
         model = scratch / "serving"
     return load_reference(model, llm, torch.float32, "cpu"), scratch
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="seedx bench query-rows", description=__doc__)
-    parser.add_argument("--model", type=Path, default=None,
-                        help="serving root (default: a fresh tiny checkpoint)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="serving root (default: a fresh tiny checkpoint)"
+    )
     parser.add_argument("--llm", default="seed-x")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--caption", default="a red cube on a wooden table")
@@ -65,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     one = statistics.median(timings["one_pass"])
     forced = statistics.median(timings["forced"])
     diff = float((rows["one_pass"] - rows["forced"]).abs().max())
-    print(f"model: {args.model or 'tiny (fresh)'} / {args.llm}, fp32, cpu, "
-          f"{torch.get_num_threads()} threads, {args.repeats} repeats, prompt {len(ids)} tokens")
+    print(
+        f"model: {args.model or 'tiny (fresh)'} / {args.llm}, fp32, cpu, "
+        f"{torch.get_num_threads()} threads, {args.repeats} repeats, prompt {len(ids)} tokens"
+    )
     print(f"one-pass query rows (65 tokens, 1 forward): median {one * 1e3:8.2f} ms")
     print(f"forced decode       (65 forwards)         : median {forced * 1e3:8.2f} ms")
     print(f"ratio one-pass / forced: {one / forced:.3f}   (goal <= 0.1)")

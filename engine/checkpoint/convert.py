@@ -85,8 +85,14 @@ def expected_shapes(config: dict[str, Any], arch: SeedXArch) -> dict[str, tuple[
 class _ShardWriter:
     """Checks, casts and writes output shards while remembering which keys were seen."""
 
-    def __init__(self, out_dir: Path, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
-                 total_shards: int, progress: tqdm | None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        shapes: dict[str, tuple[int, ...]],
+        dtype: torch.dtype,
+        total_shards: int,
+        progress: tqdm | None,
+    ) -> None:
         self.out_dir, self.shapes, self.dtype = out_dir, shapes, dtype
         self.total_shards, self.progress = total_shards, progress
         self.seen: set[str] = set()
@@ -123,7 +129,9 @@ class _ShardWriter:
         write_index(self.out_dir, self.weight_map, self.total_size)
 
 
-def _serving_config(config: dict[str, Any], model: str, arch: SeedXArch, dtype: str) -> dict[str, Any]:
+def _serving_config(
+    config: dict[str, Any], model: str, arch: SeedXArch, dtype: str
+) -> dict[str, Any]:
     serving = {k: v for k, v in config.items() if not k.startswith("_")}
     serving.update(
         architectures=[SERVING_ARCHITECTURE],
@@ -137,9 +145,10 @@ def _serving_config(config: dict[str, Any], model: str, arch: SeedXArch, dtype: 
     return serving
 
 
-def convert_llm(src: Path, out: Path, model: str, arch: SeedXArch, dtype: str = "float16",
-                progress: bool = True) -> Path:
-    """Writes ``OUT/<model>/``: config, tokenizer files and the weight shards. Returns the folder."""
+def convert_llm(
+    src: Path, out: Path, model: str, arch: SeedXArch, dtype: str = "float16", progress: bool = True
+) -> Path:
+    """Writes ``OUT/<model>/``: config, tokenizer files and weight shards; returns the folder."""
     model_dir = src / layout.MODEL_FOLDERS[model]
     if not model_dir.is_dir():
         raise CheckpointError(f"missing folder: {model_dir}")
@@ -154,8 +163,9 @@ def convert_llm(src: Path, out: Path, model: str, arch: SeedXArch, dtype: str = 
     writer = _ShardWriter(out_dir, shapes, DTYPES[dtype], len(shards) + 2, bar)
     for shard in shards:
         state = _load_pickle(shard)
-        writer.write(shard, ((k, v) for k, v in sorted(state.items())
-                             if not k.endswith(IGNORED_SUFFIXES)))
+        writer.write(
+            shard, ((k, v) for k, v in sorted(state.items()) if not k.endswith(IGNORED_SUFFIXES))
+        )
         del state
     vit_file = src / layout.VIT_FILE
     writer.write(vit_file, ((f"vit.{k}", v) for k, v in sorted(_load_pickle(vit_file).items())))
@@ -177,8 +187,10 @@ def convert_llm(src: Path, out: Path, model: str, arch: SeedXArch, dtype: str = 
     _write_json(out_dir / "config.json", _serving_config(config, model, arch, dtype))
     # SEED-X decodes greedily; the released generation_config (temperature 0.9, top_p 0.6) is unused
     # by the reference (§5.5), so we do not let serving engines pick it up as a default.
-    _write_json(out_dir / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2,
-                                                     "pad_token_id": 0})
+    _write_json(
+        out_dir / "generation_config.json",
+        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
+    )
     return out_dir
 
 
@@ -190,8 +202,13 @@ def available_models(src: Path) -> list[str]:
     return [m for m, folder in sorted(layout.MODEL_FOLDERS.items()) if (src / folder).is_dir()]
 
 
-def convert(src: Path, out: Path, models: list[str] | None = None, dtype: str = "float16",
-            progress: bool = True) -> dict[str, Any]:
+def convert(
+    src: Path,
+    out: Path,
+    models: list[str] | None = None,
+    dtype: str = "float16",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Converts the chosen LLMs (default: all present) and the de-tokenizers they and variations
     need, then writes the ``seedx_serving.json`` manifest. Returns the manifest."""
     from engine.checkpoint.convert_detokenizer import convert_detokenizer
@@ -203,7 +220,9 @@ def convert(src: Path, out: Path, models: list[str] | None = None, dtype: str = 
     arch = SeedXArch.load(src)
     models = models or available_models(src)
     if not models:
-        raise CheckpointError(f"{src}: no model folder ({', '.join(layout.MODEL_FOLDERS.values())})")
+        raise CheckpointError(
+            f"{src}: no model folder ({', '.join(layout.MODEL_FOLDERS.values())})"
+        )
     out.mkdir(parents=True, exist_ok=True)
     for model in models:
         convert_llm(src, out, model, arch, dtype, progress)
@@ -222,8 +241,10 @@ def _merge_manifest(out: Path, models: list[str], dtype: str) -> dict[str, Any]:
     manifest: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     manifest.setdefault("models", {})
     for model in models:
-        manifest["models"][model] = {"path": model,
-                                     "detokenizer": layout.DETOKENIZER_FOR_MODEL[model]}
+        manifest["models"][model] = {
+            "path": model,
+            "detokenizer": layout.DETOKENIZER_FOR_MODEL[model],
+        }
     manifest["detokenizers"] = {
         stage: {"path": layout.SERVING_DETOKENIZER_DIR.format(stage=stage)}
         for stage in layout.DETOKENIZER_STAGES

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ MODULE_CONFIG, MODULE_WEIGHTS = "config.json", "model.safetensors"
 SCHEDULER_CONFIG = "scheduler_config.json"
 NEGATIVE_FILE = "negative.safetensors"
 NEGATIVE_POOLED, NEGATIVE_TOKENS = "pooled", "tokens"
+# diffusers skips the random init of a 2.6 B UNet only with accelerate; ask for it when present
+# (asking without it just logs a warning and falls back).
+LOW_CPU_MEM = importlib.util.find_spec("accelerate") is not None
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -117,7 +121,7 @@ def load_detokenizer(
     folder = Path(folder)
     manifest = read_manifest(folder)
     unet = UNet2DConditionModel.from_pretrained(
-        folder / UNET_DIR, torch_dtype=dtype, low_cpu_mem_usage=False
+        folder / UNET_DIR, torch_dtype=dtype, low_cpu_mem_usage=LOW_CPU_MEM
     )
     if unet.config.in_channels != manifest["in_channels"]:
         raise CheckpointError(
@@ -127,7 +131,7 @@ def load_detokenizer(
     vae_config = json.loads((folder / VAE_DIR / "config.json").read_text())
     vae_dtype = torch.float32 if vae_config.get("force_upcast", True) else dtype
     vae = AutoencoderKL.from_pretrained(
-        folder / VAE_DIR, torch_dtype=vae_dtype, low_cpu_mem_usage=False
+        folder / VAE_DIR, torch_dtype=vae_dtype, low_cpu_mem_usage=LOW_CPU_MEM
     )
     scheduler_path = folder / SCHEDULER_DIR / SCHEDULER_CONFIG
     if not scheduler_path.is_file():

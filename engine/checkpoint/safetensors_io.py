@@ -22,8 +22,11 @@ def shard_name(index: int, total: int) -> str:
 
 def save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Writes one shard; fixed metadata and contiguous tensors, so equal input gives equal bytes."""
-    save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(path),
-              metadata=SAFETENSORS_METADATA)
+    save_file(
+        {k: v.contiguous() for k, v in sorted(tensors.items())},
+        str(path),
+        metadata=SAFETENSORS_METADATA,
+    )
 
 
 def write_index(folder: Path, weight_map: dict[str, str], total_size: int) -> None:

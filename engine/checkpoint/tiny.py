@@ -93,8 +93,14 @@ def write_llm_folder(folder: Path, config: dict[str, Any], seed: int) -> None:
     _write_json(folder / "config.json", config)
     _write_json(
         folder / "generation_config.json",
-        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "temperature": 0.9,
-         "top_p": 0.6, "transformers_version": "4.30.2"},
+        {
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+            "temperature": 0.9,
+            "top_p": 0.6,
+            "transformers_version": "4.30.2",
+        },
     )
 
 

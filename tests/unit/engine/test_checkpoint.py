@@ -27,13 +27,17 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 def test_tiny_tree_has_the_released_layout(tiny_tree: Path) -> None:
-    expected = [
-        f"{layout.TOKENIZER_DIR}/{name}" for name in layout.TOKENIZER_FILES
-    ] + [layout.VIT_FILE, ARCH_FILE_NAME]
+    expected = [f"{layout.TOKENIZER_DIR}/{name}" for name in layout.TOKENIZER_FILES] + [
+        layout.VIT_FILE,
+        ARCH_FILE_NAME,
+    ]
     for folder in layout.MODEL_FOLDERS.values():
-        expected += [f"{folder}/agent/pytorch_model.bin", f"{folder}/llm/config.json",
-                     f"{folder}/llm/pytorch_model.bin.index.json",
-                     f"{folder}/llm/pytorch_model-00001-of-00002.bin"]
+        expected += [
+            f"{folder}/agent/pytorch_model.bin",
+            f"{folder}/llm/config.json",
+            f"{folder}/llm/pytorch_model.bin.index.json",
+            f"{folder}/llm/pytorch_model-00001-of-00002.bin",
+        ]
     for stage in layout.DETOKENIZER_STAGES:
         expected.append(f"seed_detokenizer/{stage}/pytorch_model.bin")
     for sub in ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"):
@@ -48,14 +52,23 @@ def test_tiny_keys_match_the_spec(tiny_tree: Path) -> None:
     vit = torch.load(tiny_tree / layout.VIT_FILE, weights_only=True)
     assert vit["conv1.weight"].shape[1:] == (3, 14, 14)
     assert "transformer.resblocks.0.attn.in_proj.weight" in vit
-    assert {"attn_pool.query", "attn_pool.pos_embed", "attn_pool.kv_proj.weight", "proj",
-            "ln_post.weight", "positional_embedding"} <= set(vit)
+    assert {
+        "attn_pool.query",
+        "attn_pool.pos_embed",
+        "attn_pool.kv_proj.weight",
+        "proj",
+        "ln_post.weight",
+        "positional_embedding",
+    } <= set(vit)
     # Qwen-VL's weights are bf16 values whatever the file dtype (§6.3)
     w = vit["transformer.resblocks.0.mlp.c_fc.weight"]
     assert torch.equal(w, w.to(torch.bfloat16).float())
     agent = torch.load(tiny_tree / "seed_x_i" / layout.AGENT_FILE, weights_only=True)
-    assert {k.split(".")[0] for k in agent} == {"input_resampler", "output_resampler",
-                                                 "patch_pos_embed"}
+    assert {k.split(".")[0] for k in agent} == {
+        "input_resampler",
+        "output_resampler",
+        "patch_pos_embed",
+    }
     assert agent["patch_pos_embed"].shape == (4, 128)
     assert agent["input_resampler.attn.in_proj_weight"].shape == (3 * 128, 128)
     index = json.loads((tiny_tree / "seed_x_i/llm/pytorch_model.bin.index.json").read_text())
@@ -100,8 +113,9 @@ def test_convert_writes_the_serving_layout(serving_tree: Path) -> None:
 def test_serving_folder_loads_the_released_weights(tiny_tree: Path, serving_tree: Path) -> None:
     folder = LlmFolder.read(resolve_llm_folder(serving_tree, "seed-x-i"))
     llm = load_llm(folder, torch.float32)
-    shard = torch.load(tiny_tree / "seed_x_i/llm/pytorch_model-00001-of-00002.bin",
-                       weights_only=True)
+    shard = torch.load(
+        tiny_tree / "seed_x_i/llm/pytorch_model-00001-of-00002.bin", weights_only=True
+    )
     state = llm.state_dict()
     for key, tensor in shard.items():
         if not key.endswith("inv_freq"):
@@ -135,8 +149,9 @@ def test_config_at_model_root_is_accepted(tiny_tree: Path, tmp_path: Path) -> No
         ("missing_key", "missing keys"),
     ],
 )
-def test_convert_names_the_file_and_key(tiny_tree: Path, tmp_path: Path, mutation: str,
-                                        message: str) -> None:
+def test_convert_names_the_file_and_key(
+    tiny_tree: Path, tmp_path: Path, mutation: str, message: str
+) -> None:
     src = tmp_path / "src"
     shutil.copytree(tiny_tree, src)
     agent_file = src / "seed_x" / layout.AGENT_FILE

@@ -52,7 +52,7 @@ def test_released_key_sets(detok_tree: Path, detok_arch: SeedXArch) -> None:
     assert blocks == transformer_blocks
     assert any(b.endswith(".transformer_blocks.1") for b in blocks)
     assert {k for k in second if k.startswith("resampler.")} == resampler_keys
-    assert second["unet.conv_in.weight"].shape == (32, 8, 3, 3)
+    assert second["unet.conv_in.weight"].shape == (16, 8, 3, 3)
 
 
 def test_round_trip_first_stage(detok_tree: Path, detok_serving: Path) -> None:
@@ -169,8 +169,8 @@ KV = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
         ("second_stage", lambda s: s.pop("unet.conv_in.bias"), "unet.conv_in.bias"),
         (
             "second_stage",
-            lambda s: s.__setitem__("unet.conv_in.weight", torch.zeros(32, 4, 3, 3)),
-            "(32, 8, 3, 3)",
+            lambda s: s.__setitem__("unet.conv_in.weight", torch.zeros(16, 4, 3, 3)),
+            "(16, 8, 3, 3)",
         ),
     ],
 )

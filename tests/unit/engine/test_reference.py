@@ -63,12 +63,18 @@ def test_forced_image_for_image_requests(serving_tree: Path) -> None:
     assert reference.tokenizer.boi_id not in free.output_ids  # random weights: no image by itself
     forced = reference.generate(ids, max_new_tokens=80, force_image_after=5)
     assert forced.output_ids[5] == reference.tokenizer.boi_id
-    assert len(forced.images) == 1 and forced.images[0].position == 5
+    assert len(forced.images) == 1
+    assert forced.images[0].position == 5
 
 
 def test_suppression_keeps_query_tokens_out_of_text(reference: SeedXReference) -> None:
-    strict = SeedXReference(reference.llm, reference.encoder, reference.tokenizer,
-                            reference.folder, suppress_value=float("-inf"))
+    strict = SeedXReference(
+        reference.llm,
+        reference.encoder,
+        reference.tokenizer,
+        reference.folder,
+        suppress_value=float("-inf"),
+    )
     gen = strict.generate(_t2i_ids(reference, "plain text")[:-1], max_new_tokens=20)
     assert not set(gen.output_ids) & set(reference.image_ids[1:])
 

@@ -52,7 +52,7 @@ def test_resize_runs_in_fp32_and_casts_back() -> None:
 
 
 def test_per_head_fused_qkv_matches_standard_attention() -> None:
-    """§7.3: permuting in_proj [heads, 3, hd, W] -> [3, heads, hd, W] gives nn.MultiheadAttention."""
+    """§7.3: in_proj permuted [heads, 3, hd, W] -> [3, heads, hd, W] is nn.MultiheadAttention."""
     width, heads = 48, 4
     hd = width // heads
     attn = randomize_(VisualAttention(width, heads), seed=1)
@@ -79,7 +79,7 @@ def _manual_resampler(r: Resampler, x: torch.Tensor) -> torch.Tensor:
     kv = F.layer_norm(
         x @ r.kv_proj.weight.T, (arch.embed_dim,), r.ln_kv.weight, r.ln_kv.bias, arch.ln_eps
     )
-    side = int(math.isqrt(x.shape[1]))
+    side = math.isqrt(x.shape[1])
     pk = resize_pos_table(r.pos_embed.detach(), side * side)
     q = F.layer_norm(r.query, (arch.embed_dim,), r.ln_q.weight, r.ln_q.bias, arch.ln_eps)
     q = q + r.pos_embed
