@@ -9,6 +9,7 @@ same (``query_rows="forced"`` keeps the step-by-step path for the equality test 
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -60,6 +61,9 @@ class SeedXReference:
         # image, not -inf. Kept for parity; pass float("-inf") for the strict rule.
         self.suppress_value = suppress_value
         self.image_ids: list[int] = [tokenizer.boi_id, *tokenizer.query_ids, tokenizer.eoi_id]
+        # transformers renamed `past_key_values` to `cache` (deprecated from 5.2x): ask the model.
+        params = inspect.signature(llm.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -100,7 +104,7 @@ class SeedXReference:
         """Runs new positions through the trunk; returns their final-norm states ``[T, H]``."""
         if embeds is None:
             embeds = self.llm.model.embed_tokens(torch.tensor([ids], device=self.device))
-        out = self.llm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        out = self.llm.model(inputs_embeds=embeds, use_cache=True, **{self._cache_kwarg: cache})
         return out.last_hidden_state[0]  # type: ignore[no-any-return]
 
     def _next_token(self, hidden: torch.Tensor) -> int:
@@ -140,6 +144,13 @@ class SeedXReference:
         tokens, into ``<img>`` when the model has not opened an image by itself."""
         from transformers import DynamicCache
 
+        limit = int(self.folder.config.get("max_position_embeddings", 2048))
+        if len(ids) + max_new_tokens > limit:
+            # §8.11: SEED-X was trained on <= 880 tokens with a 2048-position RoPE table.
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                f"model's {limit} positions"
+            )
         cache = DynamicCache()
         hidden = self._forward(cache, embeds=self.prompt_embeddings(ids, pictures))[-1]
         result = Generation(prompt_ids=list(ids), output_ids=[])

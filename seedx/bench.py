@@ -7,6 +7,7 @@ import importlib
 BENCHES = {
     "query-rows": "engine.bench.query_rows",
     "transport": "workers.bench",
+    "llm": "workers.llm.bench",
 }
 
 

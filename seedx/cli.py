@@ -55,6 +55,22 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(args.name, args.rest)
 
 
+def _worker_llm(args: argparse.Namespace) -> int:
+    from workers.llm.worker import main as worker_main
+
+    return worker_main(args.model, redis_url=args.redis_url, capacity=args.capacity)
+
+
+def _add_worker_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    worker = sub.add_parser("worker", help="run one worker process")
+    kinds = worker.add_subparsers(dest="kind", required=True)
+    llm = kinds.add_parser("llm", help="the LLM worker: SEED-X in vLLM, jobs from Redis")
+    llm.add_argument("--model", required=True, help="serving LLM folder or serving root")
+    llm.add_argument("--redis-url", default=None, help="default: SEEDX_LLM_REDIS__URL")
+    llm.add_argument("--capacity", type=int, default=None, help="jobs run at once")
+    llm.set_defaults(handler=_worker_llm)
+
+
 def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="one-shot local inference with the PyTorch reference")
     tasks = run.add_subparsers(dest="task", required=True)
@@ -130,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_run_parsers(sub)
     sub.choices["run"].set_defaults(handler=_run)
+
+    _add_worker_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (query-rows, transport, ...)")
     bench.add_argument("name")

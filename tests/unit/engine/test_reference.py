@@ -106,3 +106,8 @@ def test_chat_flow_with_a_wide_image(serving_tree: Path) -> None:
     assert dump.tensors["tile_centres"].tolist() == [[0.25, 0.5], [0.75, 0.5], [0.5, 0.5]]
     assert dump.tensors["input_resampler_features"].shape == (3, 64, 128)
     assert dump.tensors["prompt_ids"].numel() > 198
+
+
+def test_context_length_is_enforced(reference: SeedXReference) -> None:
+    with pytest.raises(ValueError, match="2048 positions"):
+        reference.generate(_t2i_ids(reference), max_new_tokens=2048)

@@ -1,0 +1,159 @@
+"""Redis going away: callers get their result or Unavailable, never a hang; nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.integration.conftest import PrivateValkey, fast_queue_settings, fast_redis_settings
+from tests.integration.workers.helpers import (
+    chat_job,
+    collect,
+    free_port_url,
+    gateway,
+    next_event,
+    running_worker,
+)
+from workers.errors import Unavailable
+from workers.handler import JobContext
+from workers.protocol import Event, Job, TextDelta
+from workers.replies import ReplyWriter
+from workers.settings import QueueSettings
+from workers.transport import Transport
+
+
+async def test_unreachable_redis_is_unavailable_quickly(queue_settings: QueueSettings) -> None:
+    settings = fast_redis_settings(free_port_url())
+    async with gateway(settings, queue_settings) as gw:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await gw.submit(chat_job(gw.reply_to))
+        with pytest.raises(Unavailable):
+            await gw.blobs.put(b"x")
+        assert gw.reader.waiting == 0
+        assert not await gw.ping()
+    assert time.monotonic() - started < 5
+
+
+async def _kill_connections(admin: Redis, client_name: str) -> int:
+    killed = 0
+    for client in await admin.client_list():
+        if client.get("name") == client_name:
+            await admin.client_kill_filter(_id=client["id"])
+            killed += 1
+    return killed
+
+
+async def test_reply_reader_reconnect_loses_no_event(
+    redis: Redis, redis_url: str, queue_settings: QueueSettings
+) -> None:
+    """Kill the reader's connection repeatedly while 3000 events stream in; all arrive, in order."""
+    name = "seedx-test-reader"
+    reader_settings = fast_redis_settings(redis_url, client_name=name, retry_attempts=0)
+    total = 3000
+    async with gateway(reader_settings, queue_settings) as gw:
+        job = chat_job(gw.reply_to)
+        events = gw.reader.subscribe(job.job_id, job.deadline)
+        writer = ReplyWriter(
+            redis,
+            queue_settings,
+            reply_to=gw.reply_to,
+            job_id=job.job_id,
+            request_id=job.request_id,
+            trace_id="",
+            attempt=1,
+        )
+
+        async def produce() -> None:
+            for i in range(total):
+                await writer.emit(TextDelta(text=f"{i},"))
+                if i % 500 == 250:
+                    assert await _kill_connections(redis, name) >= 1
+                    await asyncio.sleep(0.05)
+
+        producer = asyncio.create_task(produce())
+        received: list[str] = []
+        while len(received) < total:
+            reply = await next_event(events, timeout=10)
+            assert isinstance(reply.event, TextDelta)
+            received.append(reply.event.text)
+        await producer
+        assert received == [f"{i}," for i in range(total)]
+
+
+async def test_reader_reports_lost_state_when_redis_forgets_the_stream(
+    redis: Redis, redis_url: str, queue_settings: QueueSettings
+) -> None:
+    name = "seedx-test-forgetful"
+    reader_settings = fast_redis_settings(redis_url, client_name=name, retry_attempts=0)
+    async with gateway(reader_settings, queue_settings) as gw:
+        job = chat_job(gw.reply_to)
+        events = gw.reader.subscribe(job.job_id, job.deadline)
+        writer = ReplyWriter(
+            redis,
+            queue_settings,
+            reply_to=gw.reply_to,
+            job_id=job.job_id,
+            request_id=job.request_id,
+            trace_id="",
+            attempt=1,
+        )
+        await writer.emit(TextDelta(text="before the flush"))
+        await next_event(events)
+        await redis.flushdb()  # what a restart without persistence looks like
+        await _kill_connections(redis, name)
+        with pytest.raises(Unavailable, match="lost"):
+            await next_event(events)
+
+
+async def test_redis_restart_under_load(private_valkey: PrivateValkey) -> None:
+    """Stop Redis for ~1 s while 40 requests flow: every caller ends (result or Unavailable)
+    in bounded time, and every job whose enqueue succeeded is processed once Redis is back."""
+    redis_settings = fast_redis_settings(private_valkey.url)
+    settings = fast_queue_settings(reply_outage_s=10.0)
+    processed: set[str] = set()
+    accepted: set[str] = set()
+
+    async def handler(job: Job, ctx: JobContext) -> AsyncIterator[Event]:
+        await asyncio.sleep(0.05)
+        yield TextDelta(text="ok")
+        processed.add(job.job_id)
+
+    async def caller(gw: Transport) -> str:
+        job = chat_job(gw.reply_to, deadline_s=30)
+        try:
+            events = await gw.submit(job)
+            accepted.add(job.job_id)
+            replies = await collect(events, timeout=40)
+        except Unavailable:
+            return "unavailable"
+        return replies[-1].event.type
+
+    async def restart_redis() -> None:
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(private_valkey.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(private_valkey.start)
+
+    async with (
+        gateway(redis_settings, settings) as gw,
+        running_worker(redis_settings, settings, handler, capacity=4),
+    ):
+        restart = asyncio.create_task(restart_redis())
+        callers = []
+        for _ in range(40):
+            callers.append(asyncio.create_task(caller(gw)))
+            await asyncio.sleep(0.05)
+        await restart
+        outcomes = await asyncio.wait_for(asyncio.gather(*callers), timeout=60)
+        assert set(outcomes) <= {"done", "unavailable"}, outcomes
+        assert outcomes.count("done") >= 10
+        assert outcomes.count("unavailable") >= 1
+        deadline = time.monotonic() + 20
+        while not accepted <= processed and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert accepted <= processed, accepted - processed

@@ -1,0 +1,137 @@
+"""The answer loop, row store and text rendering without an engine (fakes for vLLM)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine.tokenizer import SeedXTokenizer
+from engine.vllm_plugin.capture import QueryRowStore, pack_tensor, unpack_tensor
+from engine.vllm_plugin.ids import SeedXTokenIds
+from workers.llm.choice import ChoiceRun, ChoiceSettings
+from workers.llm.text import AnswerText
+from workers.llm.types import ChoiceFinished, ImageEmbedding, LLMRequest, SamplingOptions
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> SeedXTokenizer:
+    from engine.checkpoint.tiny import make_tiny
+
+    root = make_tiny(tmp_path_factory.mktemp("tok") / "t", seed=0)
+    return SeedXTokenizer(Path(root) / "cvlm_llama2_tokenizer_100img_and_224loc_addpatch")
+
+
+class ScriptedRunner:
+    """Each segment emits the next scripted ids; records what was asked."""
+
+    def __init__(self, script: list[list[int]]) -> None:
+        self.script = script
+        self.prompts: list[list[int]] = []
+        self.keys: list[str] = []
+
+    async def stream(self, request_id: str, ids: list[int], params: Any) -> AsyncIterator[Any]:
+        self.prompts.append(list(ids))
+        out = self.script.pop(0)[: params.max_tokens]
+        for i, token in enumerate(out):
+            last = i == len(out) - 1
+            reason = None
+            if last:
+                reason = "stop" if token in params.stop_token_ids else "length"
+            yield [token], reason
+
+    async def take_image(self, key: str, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys.append(key)
+        return torch.zeros(64, 8), torch.full((64, 4), float(len(self.keys)))
+
+
+async def _run(tokenizer: SeedXTokenizer, script: list[list[int]], max_tokens: int) -> Any:
+    ids = SeedXTokenIds.from_tokenizer(tokenizer)
+    text = tokenizer.encode_user_text("hello")
+    request = LLMRequest("r", (ids.bos, *text), sampling=SamplingOptions(max_tokens=max_tokens))
+    runner = ScriptedRunner(script)
+    run = ChoiceRun(
+        request, 0, ids, AnswerText(tokenizer), runner, ChoiceSettings(0.0, ""), lambda: False
+    )
+    return [e async for e in run.events()], runner, ids
+
+
+async def test_two_images_in_one_answer(tokenizer: SeedXTokenizer) -> None:
+    ids = SeedXTokenIds.from_tokenizer(tokenizer)
+    word = tokenizer.encode_user_text("cat")
+    script = [[*word, ids.boi], [*word, ids.boi], [*word, ids.eos]]
+    events, runner, _ = await _run(tokenizer, script, 300)
+    images = [e for e in events if isinstance(e, ImageEmbedding)]
+    finished = events[-1]
+    assert isinstance(finished, ChoiceFinished)
+    assert finished.reason == "stop"
+    assert [i.position for i in images] == [len(word), 2 * len(word) + 66]
+    assert len(set(runner.keys)) == 2
+    # the second segment's prompt ends with the forced block (one prefill pass)
+    assert runner.prompts[1][-65:] == list(ids.image_sequence[1:])
+    assert finished.output_ids.count(ids.eoi) == 2
+
+
+async def test_block_cut_by_budget_gives_no_image(tokenizer: SeedXTokenizer) -> None:
+    ids = SeedXTokenIds.from_tokenizer(tokenizer)
+    events, runner, _ = await _run(tokenizer, [[ids.boi]], 30)
+    assert not [e for e in events if isinstance(e, ImageEmbedding)]
+    assert events[-1].reason == "length"
+    assert len(events[-1].output_ids) == 30
+    assert runner.keys == []
+
+
+async def test_sampled_query_token_forces_rest_without_image(tokenizer: SeedXTokenizer) -> None:
+    ids = SeedXTokenIds.from_tokenizer(tokenizer)
+    script = [[ids.queries[60]], [ids.eos]]
+    events, runner, _ = await _run(tokenizer, script, 100)
+    assert not [e for e in events if isinstance(e, ImageEmbedding)]
+    assert runner.prompts[1][-4:] == [*ids.queries[61:], ids.eoi]
+
+
+def test_row_store_fills_across_chunks_and_evicts() -> None:
+    store = QueryRowStore(max_entries=2)
+    rows = torch.arange(100 * 3, dtype=torch.float32).reshape(100, 3)
+    store.put("a", start=10, first_pos=0, rows=rows[:40])  # positions 0..39
+    assert store.get("a") is None
+    store.put("a", start=10, first_pos=40, rows=rows[40:80])
+    assert torch.equal(store.get("a"), rows[10:74])
+    store.put("b", 0, 0, rows[:64])
+    store.put("c", 0, 0, rows[:64])
+    assert store.get("a") is None  # least recently used, evicted
+    assert unpack_tensor(pack_tensor(rows)).equal(rows)
+
+
+def test_answer_text_keeps_box_markup_and_spaces(tokenizer: SeedXTokenizer) -> None:
+    ids = SeedXTokenIds.from_tokenizer(tokenizer)
+    text = AnswerText(tokenizer, box_image_size=(224, 448))
+    box = [
+        tokenizer.box_start_id,
+        *(tokenizer.loc_ids[v] for v in (112, 112, 20, 40)),
+        tokenizer.box_end_id,
+    ]
+    seq = [*tokenizer.encode_user_text("a car"), *box, *tokenizer.encode_user_text("is red")]
+    out, boxes = "", []
+    for token in [*seq, ids.boi, *ids.queries, ids.eoi]:
+        new, found = text.feed([token])
+        out += new
+        boxes += found
+    out += text.finish()
+    assert out == "a car<box_start><loc-112><loc-112><loc-20><loc-40><box_end> is red"
+    assert len(boxes) == 1
+    assert boxes[0].pixels.x1 == 102
+
+
+def test_answer_text_stop_string(tokenizer: SeedXTokenizer) -> None:
+    text = AnswerText(tokenizer, stop=("red",))
+    out = ""
+    for token in tokenizer.encode_user_text("a car is red and fast"):
+        new, _ = text.feed([token])
+        out += new
+        if text.stopped:
+            break
+    assert text.stopped
+    assert out + text.finish() == "a car is "

@@ -1,0 +1,185 @@
+"""One job's way from delivery to its terminal event (the worker loop's per-job half).
+
+Before starting, the job is dead-lettered if it was delivered too often, or refused if it was
+cancelled or its deadline passed; then ``Started`` is sent, the handler's events are forwarded,
+and the terminal event is sent together with the acknowledgement. A job whose events cannot be
+written (Redis unreachable) is abandoned unacknowledged: its lease runs out and another attempt
+picks it up, so nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis.asyncio import Redis
+
+from workers import keys, metrics
+from workers.connection import CONNECTION_ERRORS
+from workers.consumer import Delivery, StreamConsumer
+from workers.errors import Cancelled, DeadLettered, DeadlineExceeded
+from workers.handler import Handler, JobContext, close_events, failure_event, stop_event
+from workers.logcontext import bind_job
+from workers.protocol import (
+    TERMINAL_EVENTS,
+    Done,
+    ErrorPayload,
+    Event,
+    Failed,
+    Job,
+    Started,
+    Undecodable,
+)
+from workers.replies import ReplyWriter
+from workers.settings import QueueSettings
+
+logger = logging.getLogger(__name__)
+
+
+class _Abandon(Exception):
+    """The job's events cannot be written; leave it unacknowledged for a reclaim."""
+
+
+_ABANDON_ERRORS: tuple[type[Exception], ...] = (_Abandon, *CONNECTION_ERRORS)
+
+
+class JobExecutor:
+    """Runs delivered jobs of one stream through a handler and answers their requesters."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: QueueSettings,
+        consumer: StreamConsumer,
+        handler: Handler,
+        *,
+        worker_id: str,
+        stage: keys.Stage,
+    ) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._consumer = consumer
+        self._handler = handler
+        self._worker_id = worker_id
+        self._stage = stage
+        self.processed = 0
+
+    async def process(self, delivery: Delivery, job: Job, ctx: JobContext) -> None:
+        """Take one delivered job to its end; never raises (outcomes go to metrics and logs)."""
+        writer = self._writer(job.reply_to, job.job_id, job.request_id, job.trace_id, ctx.attempt)
+        with bind_job(job.job_id, job.trace_id):
+            try:
+                outcome = await self._run_job(delivery, job, ctx, writer)
+            except _ABANDON_ERRORS as exc:
+                logger.warning("abandoning job (it will be reclaimed after its lease): %s", exc)
+                outcome = "abandoned"
+            except Exception:
+                logger.exception("transport failure while processing job; leaving it for reclaim")
+                outcome = "abandoned"
+            metrics.JOBS.labels(self._stage, outcome).inc()
+            self.processed += 1
+
+    async def _run_job(
+        self, delivery: Delivery, job: Job, ctx: JobContext, writer: ReplyWriter
+    ) -> metrics.Outcome:
+        if delivery.attempt > self._settings.max_deliveries:
+            error = DeadLettered(
+                f"job was delivered {delivery.attempt} times without finishing "
+                f"(limit {self._settings.max_deliveries}); it may crash workers"
+            )
+            await self._consumer.dead_letter(delivery, error.message, error, writer)
+            return "dead_lettered"
+        refusal = await self._refusal(job)
+        if refusal is not None:
+            await self._consumer.finish(delivery.entry_id, writer, refusal)
+            return _outcome(refusal)
+        return await self._execute(delivery, job, ctx, writer)
+
+    async def _refusal(self, job: Job) -> Failed | None:
+        """Why ``job`` must not start (cancelled, or past its deadline), as its terminal event."""
+        if await self._consumer.cancelled([job.job_id]):
+            logger.info("job cancelled before it started")
+            return Failed(error=ErrorPayload.from_error(Cancelled("the job was cancelled")))
+        if job.deadline <= time.time():
+            logger.info("job deadline passed before it started; dropped")
+            error = DeadlineExceeded("the job's deadline passed before a worker could start it")
+            return Failed(error=ErrorPayload.from_error(error))
+        return None
+
+    async def _execute(
+        self, delivery: Delivery, job: Job, ctx: JobContext, writer: ReplyWriter
+    ) -> metrics.Outcome:
+        wait_s = max(0.0, time.time() - job.created_at)
+        metrics.QUEUE_WAIT.labels(self._stage).observe(wait_s)
+        logger.info("job started (attempt %d, queued %.3fs)", ctx.attempt, wait_s)
+        started = time.monotonic()
+        await self._emit(writer, Started(worker_id=self._worker_id, queue_wait_s=wait_s))
+        terminal = await self._run_handler(job, ctx, writer)
+        if terminal is None:
+            logger.warning("job was reclaimed by another worker; dropping this attempt")
+            return "lost"
+        await self._consumer.finish(delivery.entry_id, writer, terminal)
+        elapsed = time.monotonic() - started
+        metrics.JOB_SECONDS.labels(self._stage).observe(elapsed)
+        logger.info("job finished: %s in %.3fs", terminal.type, elapsed)
+        return _outcome(terminal)
+
+    async def _run_handler(
+        self, job: Job, ctx: JobContext, writer: ReplyWriter
+    ) -> Done | Failed | None:
+        """Forward the handler's events; return the terminal event (None: job was lost)."""
+        events = self._handler(job, ctx)
+        try:
+            async for event in events:
+                if ctx.stopped:
+                    break
+                if isinstance(event, TERMINAL_EVENTS):
+                    return event
+                await self._emit(writer, event)
+        except _Abandon:
+            raise
+        except Exception as exc:
+            return failure_event(exc)
+        finally:
+            await close_events(events)
+        return stop_event(ctx.stop_reason) if ctx.stopped else Done()
+
+    async def _emit(self, writer: ReplyWriter, event: Event) -> None:
+        try:
+            await writer.emit(event)
+        except CONNECTION_ERRORS as exc:
+            raise _Abandon(f"cannot write events: {exc}") from exc
+
+    async def reject(self, delivery: Delivery, job: Undecodable) -> None:
+        """Answer a message this worker cannot decode, then dead-letter it; never raises."""
+        writer = None
+        if job.job_id and job.reply_to:
+            writer = self._writer(job.reply_to, job.job_id, job.request_id, job.trace_id, 1)
+        logger.warning("rejecting undecodable job %s: %s", job.job_id, job.error.message)
+        try:
+            await self._consumer.dead_letter(delivery, job.error.message, job.error, writer)
+            metrics.JOBS.labels(self._stage, "rejected").inc()
+        except CONNECTION_ERRORS as exc:
+            logger.warning("cannot reject job yet (%s); it will be retried", exc)
+
+    def _writer(
+        self, reply_to: str, job_id: str, request_id: str | None, trace_id: str, attempt: int
+    ) -> ReplyWriter:
+        return ReplyWriter(
+            self._redis,
+            self._settings,
+            reply_to=reply_to,
+            job_id=job_id,
+            request_id=request_id or job_id,
+            trace_id=trace_id,
+            attempt=attempt,
+        )
+
+
+def _outcome(event: Done | Failed) -> metrics.Outcome:
+    if isinstance(event, Done):
+        return "done"
+    code = event.error.code
+    if code in ("cancelled", "deadline_exceeded"):
+        return code  # type: ignore[return-value]  # both are Outcome literals
+    return "failed"

@@ -1,0 +1,294 @@
+"""``SeedXLLMEngine``: SEED-X generation on one vLLM ``AsyncLLM``, independent of Redis.
+
+The engine owns the only copy of the weights (trunk, ViT, resamplers) inside vLLM's processes.
+``generate(request)`` yields text deltas, boxes, image embeddings, one ``ChoiceFinished`` per
+choice and a final ``Usage``; ``abort(request_id)`` stops every vLLM request of a generation.
+How image blocks are computed and captured: ``workers.llm.choice`` and
+``engine.vllm_plugin.capture``.
+
+Engine settings that matter for SEED-X: prompts are token ids and text is rendered with our
+4.30.2-semantics tokenizer, so vLLM runs with ``skip_tokenizer_init=True`` (EOS is then a
+``stop_token_id``); the §5.5 rules are the ``logits_processors`` entry; the row capture is the
+``worker_extension_cls``; prefix caching stays on (it is what makes the block resubmission cheap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from engine.tokenizer import SeedXTokenizer
+from engine.vllm_plugin.capture import capture_args, unpack_tensor
+from engine.vllm_plugin.ids import SeedXTokenIds
+from engine.vllm_plugin.processor import ImageRules, image_rules
+from workers.llm.choice import ChoiceRun, ChoiceSettings
+from workers.llm.text import AnswerText
+from workers.llm.types import (
+    ChoiceFinished,
+    Event,
+    ImageData,
+    ImageEmbedding,
+    LLMRequest,
+    Usage,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to build the vLLM engine for one served model folder."""
+
+    model: Path
+    dtype: str = "auto"
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
+    max_num_seqs: int = 64
+    max_images_per_prompt: int = 8
+    enable_mm_embeds: bool = False
+    capture_entries: int = 256
+    strict_suppression: bool = False  # -inf instead of the reference's 0.0 (§8.5)
+    extra: dict[str, Any] = field(default_factory=dict)  # more AsyncEngineArgs fields
+
+    def engine_args(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        from engine.vllm_plugin.rules import SeedXImageTokenRules
+
+        return AsyncEngineArgs(
+            model=str(self.model),
+            dtype=self.dtype,  # type: ignore[arg-type]  # checked by vLLM at start
+            max_model_len=self.max_model_len,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            enforce_eager=self.enforce_eager,
+            max_num_seqs=self.max_num_seqs,
+            skip_tokenizer_init=True,
+            enable_prefix_caching=True,
+            enable_mm_embeds=self.enable_mm_embeds,
+            limit_mm_per_prompt={"image": self.max_images_per_prompt},
+            logits_processors=[SeedXImageTokenRules],
+            worker_extension_cls="engine.vllm_plugin.capture.SeedXWorkerExtension",
+            **self.extra,
+        )
+
+
+def _image_digest(image: ImageData) -> str:
+    if isinstance(image, torch.Tensor):
+        data = image.detach().to("cpu").contiguous()
+        raw = data.view(torch.uint8).numpy().tobytes()
+        return hashlib.sha256(repr((tuple(data.shape), str(data.dtype))).encode() + raw).hexdigest()
+    header = repr((image.mode, image.size)).encode()
+    return hashlib.sha256(header + image.tobytes()).hexdigest()
+
+
+def clean_rgb(image: Image.Image) -> Image.Image:
+    """RGB as the reference's ``convert("RGB")`` (alpha dropped, no EXIF rotation).
+
+    vLLM's image parser would rotate by EXIF and composite alpha on white; a fresh RGB image
+    without metadata makes both no-ops, so vLLM sees exactly the reference's pixels.
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    if rgb.info or rgb.getexif():
+        rgb = Image.frombytes("RGB", rgb.size, rgb.tobytes())
+    return rgb
+
+
+class SeedXLLMEngine:
+    """Async SEED-X generation over one vLLM ``AsyncLLM`` (see module doc)."""
+
+    def __init__(self, llm: Any, config: EngineConfig) -> None:
+        self.llm = llm
+        self.config = config
+        self.tokenizer = SeedXTokenizer(config.model)
+        self.ids = SeedXTokenIds.from_tokenizer(self.tokenizer)
+        model_config = llm.model_config
+        self.image_rules: ImageRules = image_rules(model_config.hf_config)
+        self.model_name: str = model_config.hf_config.seedx["model"]
+        self.max_model_len: int = model_config.max_model_len
+        self._suppress = -math.inf if config.strict_suppression else 0.0
+        self._active: dict[str, set[str]] = {}
+        self._cancelled: set[str] = set()
+
+    @classmethod
+    async def start(cls, config: EngineConfig) -> SeedXLLMEngine:
+        """Builds the AsyncLLM (spawns vLLM's engine process) and installs the row capture."""
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        llm = AsyncLLM.from_engine_args(config.engine_args())
+        try:
+            await llm.collective_rpc("seedx_install_capture", args=(config.capture_entries,))
+        except BaseException:
+            llm.shutdown()
+            raise
+        return cls(llm, config)
+
+    def shutdown(self) -> None:
+        """Stops vLLM's engine processes (idempotent)."""
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+    # -- public API ------------------------------------------------------------------------------
+    async def generate(self, request: LLMRequest) -> AsyncIterator[Event]:
+        """Yields the events of every choice (interleaved), then one ``Usage``."""
+        request.sampling.validate()
+        self.check(request)
+        images = tuple(clean_rgb(i) if isinstance(i, Image.Image) else i for i in request.images)
+        digests = [_image_digest(i) for i in images]
+        self._active[request.request_id] = set()
+        runner = _VllmSegments(self, request.request_id, images, digests)
+        settings = ChoiceSettings(
+            self._suppress, hashlib.sha256("".join(digests).encode()).hexdigest()
+        )
+        queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+
+        async def run(choice: int) -> None:
+            text = AnswerText(self.tokenizer, request.sampling.stop, request.box_image_size)
+            run = ChoiceRun(
+                request,
+                choice,
+                self.ids,
+                text,
+                runner,
+                settings,
+                self._is_cancelled(request.request_id),
+            )
+            try:
+                async for event in run.events():
+                    await queue.put(event)
+            except BaseException as exc:  # surfaced to the consumer below
+                await queue.put(exc)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(run(c)) for c in range(request.sampling.n)]
+        completion, images_out, running = 0, 0, len(tasks)
+        try:
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, ChoiceFinished):
+                    completion += len(item.output_ids)
+                elif isinstance(item, ImageEmbedding):
+                    images_out += 1
+                yield item
+            yield Usage(len(request.prompt_ids), completion, images_out)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self._abort_all(request.request_id)
+            self._active.pop(request.request_id, None)
+            self._cancelled.discard(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        """Stops the generation ``request_id``: its vLLM requests are aborted at once."""
+        if request_id in self._active:
+            self._cancelled.add(request_id)
+            await self._abort_all(request_id)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _is_cancelled(self, request_id: str) -> Any:
+        return lambda: request_id in self._cancelled
+
+    async def _abort_all(self, request_id: str) -> None:
+        live = self._active.get(request_id)
+        if live:
+            await self.llm.abort(list(live))
+
+    def check(self, request: LLMRequest) -> None:
+        """Raises ``ValueError`` for a request this engine cannot serve (before any work)."""
+        length = len(request.prompt_ids)
+        if not length or request.prompt_ids[0] != self.ids.bos:
+            raise ValueError("prompt_ids must start with BOS (build them with build_prompt)")
+        if length >= self.max_model_len:
+            raise ValueError(
+                f"prompt is {length} tokens; this model serves at most {self.max_model_len - 1}"
+            )
+        if request.image_required and request.sampling.max_tokens < 66:
+            raise ValueError("max_tokens must be >= 66 when an image is required")
+
+
+class _VllmSegments:
+    """The :class:`~workers.llm.choice.SegmentRunner` of one generation on the AsyncLLM."""
+
+    def __init__(
+        self,
+        engine: SeedXLLMEngine,
+        request_id: str,
+        images: tuple[ImageData, ...],
+        digests: list[str],
+    ) -> None:
+        self.engine, self.request_id = engine, request_id
+        self.images, self.digests = images, digests
+
+    def _prompt(self, ids: list[int]) -> dict[str, Any]:
+        prompt: dict[str, Any] = {"prompt_token_ids": ids}
+        if self.images:
+            prompt["multi_modal_data"] = {"image": list(self.images)}
+            prompt["multi_modal_uuids"] = {"image": list(self.digests)}
+        return prompt
+
+    async def stream(
+        self, request_id: str, ids: list[int], params: Any
+    ) -> AsyncIterator[tuple[list[int], str | None]]:
+        live = self.engine._active.setdefault(self.request_id, set())
+        if self.request_id in self.engine._cancelled:
+            return
+        live.add(request_id)
+        finished = False
+        try:
+            async for out in self.engine.llm.generate(self._prompt(ids), params, request_id):
+                completion = out.outputs[0]
+                finished = out.finished
+                yield list(completion.token_ids), completion.finish_reason if finished else None
+        finally:
+            live.discard(request_id)
+            if not finished:
+                with contextlib.suppress(Exception):
+                    await self.engine.llm.abort(request_id)
+
+    async def take_image(self, key: str, ids: list[int]) -> tuple[Any, Any]:
+        found = await self._take(key)
+        if found is None:
+            # The rows were prefix-cache hits and their entry left the LRU: recompute them.
+            logger.info("query rows of %s not captured (prefix-cache hit); recomputing", key[:12])
+            await self._recompute(key, ids)
+            found = await self._take(key)
+        if found is None:
+            raise RuntimeError("image-query rows were not captured")
+        return found
+
+    async def _take(self, key: str) -> tuple[Any, Any] | None:
+        results = await self.engine.llm.collective_rpc("seedx_take_images", args=([key],))
+        for per_worker in results:
+            if per_worker and per_worker[0] is not None:
+                found = per_worker[0]
+                return unpack_tensor(found["rows"]), unpack_tensor(found["embedding"])
+        return None
+
+    async def _recompute(self, key: str, ids: list[int]) -> None:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=1,
+            detokenize=False,
+            skip_reading_prefix_cache=True,
+            extra_args=capture_args(key, len(ids) - 65),
+        )
+        async for _ in self.stream(f"{self.request_id}-rows-{key[:8]}", ids, params):
+            pass

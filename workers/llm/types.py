@@ -1,0 +1,96 @@
+"""What the engine wrapper takes and yields. Plain dataclasses: no Redis, no vLLM types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from PIL import Image
+
+from engine.boxes import Box
+
+FinishReason = Literal["stop", "length", "abort"]
+ImageData = Image.Image | torch.Tensor  # pixels, or a precomputed [n * 64, hidden] embedding
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Decoding parameters. ``temperature == 0`` is SEED-X's greedy default (§5.5)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    n: int = 1
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` naming the first bad field."""
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 1 <= self.n <= 16:
+            raise ValueError(f"n must be in [1, 16], got {self.n}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """One generation. ``prompt_ids`` come from ``engine.prompts.build_prompt`` (BOS first,
+    image blocks expanded); ``images`` are the prompt's images in order (pixels go through the
+    any-res processor inside vLLM; tensors are precomputed ``[n * 64, hidden]`` embeddings)."""
+
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    images: tuple[ImageData, ...] = ()
+    sampling: SamplingOptions = SamplingOptions()
+    image_required: bool = False  # open <img> if the model has not (engine.reference rule)
+    box_image_size: tuple[int, int] | None = None  # (w, h) boxes are relative to
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    choice: int
+    text: str
+
+
+@dataclass(frozen=True)
+class BoxesFound:
+    """Boxes completed in this delta, in pixels of ``box_image_size``."""
+
+    choice: int
+    boxes: tuple[Box, ...]
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """A generated image: the visual embedding the de-tokenizer consumes."""
+
+    choice: int
+    index: int  # 0, 1, ... within the choice
+    embedding: torch.Tensor  # [64, D] output-resampler result
+    query_hidden: torch.Tensor  # [64, H] final-norm LLM rows it came from
+    position: int  # index of its <img> among the generated ids; -1: the prompt opened it
+
+
+@dataclass(frozen=True)
+class ChoiceFinished:
+    choice: int
+    reason: FinishReason
+    output_ids: tuple[int, ...] = field(repr=False)  # every generated id, forced ones included
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+
+
+Event = TextDelta | BoxesFound | ImageEmbedding | ChoiceFinished | Usage

@@ -1,0 +1,97 @@
+"""``seedx worker llm``: the LLM worker process (one vLLM engine, jobs from Redis).
+
+Consumes ``seedx:jobs:llm:{model}`` with the generic :class:`workers.worker.Worker` loop
+(leases, heartbeats, deadlines, cancellation, drain on SIGTERM) and runs up to ``capacity`` jobs
+concurrently on one :class:`~workers.llm.engine.SeedXLLMEngine`, where vLLM batches them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.settings import QueueSettings, RedisSettings
+
+logger = logging.getLogger(__name__)
+
+
+class LLMWorkerSettings(BaseSettings):
+    """LLM worker configuration (``SEEDX_LLM_*``; Redis as ``SEEDX_LLM_REDIS__URL``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEEDX_LLM_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    model: Path = Field(
+        description="Serving LLM folder (or serving root) written by `seedx convert`."
+    )
+    model_name: str | None = Field(
+        default=None, description="Model id of the job stream; default: the folder's model."
+    )
+    capacity: int = Field(default=32, ge=1, le=1024, description="Jobs run at once.")
+    dtype: str = Field(default="auto", description="vLLM dtype (auto: the checkpoint's).")
+    max_model_len: int = Field(default=2048, ge=256, description="Context length (SEED-X: 2048).")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Share of GPU memory (CPU: host RAM) for vLLM."
+    )
+    enforce_eager: bool = Field(default=False, description="Disable CUDA graphs / compile.")
+    strict_suppression: bool = Field(
+        default=False, description="-inf instead of the reference's 0.0 for image tokens (§8.5)."
+    )
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+
+
+async def serve(settings: LLMWorkerSettings) -> None:
+    """Starts the engine, consumes until SIGTERM/SIGINT, drains, shuts the engine down."""
+    from engine.loading import resolve_llm_folder
+    from workers.connection import create_redis
+    from workers.llm.engine import EngineConfig, SeedXLLMEngine
+    from workers.llm.handler import LLMJobHandler
+    from workers.worker import Worker
+
+    folder = resolve_llm_folder(settings.model)
+    config = EngineConfig(
+        folder,
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        enforce_eager=settings.enforce_eager,
+        max_num_seqs=max(settings.capacity, 8),
+        strict_suppression=settings.strict_suppression,
+    )
+    engine = await SeedXLLMEngine.start(config)
+    redis = create_redis(settings.redis)
+    worker = Worker(
+        redis,
+        settings.queue,
+        stage="llm",
+        model=settings.model_name or engine.model_name,
+        handler=LLMJobHandler(engine),
+        capacity=settings.capacity,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        await redis.aclose()
+        engine.shutdown()
+
+
+def main(model: str, redis_url: str | None = None, capacity: int | None = None) -> int:
+    """Entry of ``seedx worker llm``: flags override ``SEEDX_LLM_*`` settings."""
+    overrides: dict[str, object] = {"model": Path(model)}
+    if capacity is not None:
+        overrides["capacity"] = capacity
+    if redis_url is not None:
+        overrides["redis"] = RedisSettings(url=redis_url)
+    settings = LLMWorkerSettings(**overrides)  # type: ignore[arg-type]
+    asyncio.run(serve(settings))
+    return 0

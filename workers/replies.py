@@ -1,0 +1,366 @@
+"""Events from workers back to the waiting request: one reply stream per gateway replica.
+
+Workers append :class:`~workers.protocol.Reply` messages to the job's ``reply_to`` stream
+(:class:`ReplyWriter`). Each gateway replica runs exactly one :class:`ReplyReader` task on its
+stream (LitServe's ``response_queue_id``), which hands every event to the :class:`Subscription`
+of its ``job_id``; no request holds a blocking Redis connection of its own. The reader keeps the
+id of the last entry it read and resumes from it after a reconnect, so an outage loses nothing
+(this is why results do not use pub/sub, which drops messages while disconnected).
+
+A subscription never hangs: it ends with the job's terminal event, with ``DeadlineExceeded``
+shortly after the job's deadline, or with ``Unavailable`` when the reader has been cut off from
+Redis for ``reply_outage_s`` (or Redis lost the stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from workers import keys
+from workers.connection import CONNECTION_ERRORS, Backoff, sleep_until, stop_task
+from workers.errors import DeadlineExceeded, TransportError, Unavailable
+from workers.protocol import (
+    ErrorPayload,
+    Event,
+    Failed,
+    Reply,
+    Started,
+    Undecodable,
+    encode,
+    parse_reply,
+)
+from workers.queue import stream_entries
+from workers.settings import QueueSettings
+
+logger = logging.getLogger(__name__)
+
+REPLY_FIELD = b"e"
+_READ_COUNT = 512
+
+
+class ReplyWriter:
+    """Stamps and appends the events of one job attempt to the job's reply stream."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: QueueSettings,
+        *,
+        reply_to: str,
+        job_id: str,
+        request_id: str,
+        trace_id: str,
+        attempt: int,
+    ) -> None:
+        self._redis = redis
+        self._maxlen = settings.reply_stream_maxlen
+        self._reply_to = reply_to
+        self._job_id = job_id
+        self._request_id = request_id
+        self._trace_id = trace_id
+        self._attempt = attempt
+        self._seq = 0
+
+    def stamp(self, event: Event) -> Reply:
+        """Wrap ``event`` in the next Reply of this attempt (``seq`` counts from 0)."""
+        reply = Reply(
+            job_id=self._job_id,
+            request_id=self._request_id,
+            trace_id=self._trace_id,
+            attempt=self._attempt,
+            seq=self._seq,
+            event=event,
+        )
+        self._seq += 1
+        return reply
+
+    async def emit(self, event: Event) -> None:
+        """Append one event (raises the redis error after retries; the job is then abandoned)."""
+        await self._redis.xadd(
+            self._reply_to,
+            {REPLY_FIELD: encode(self.stamp(event))},
+            maxlen=self._maxlen,
+            approximate=True,
+        )
+
+    def emit_in(self, pipe: Pipeline, event: Event) -> None:
+        """Queue the event on ``pipe`` (to commit it atomically with the job's ack)."""
+        pipe.xadd(
+            self._reply_to,
+            {REPLY_FIELD: encode(self.stamp(event))},
+            maxlen=self._maxlen,
+            approximate=True,
+        )
+
+
+class Subscription:
+    """The events of one job, deduplicated, as an async iterator of Reply.
+
+    Iteration stops after the terminal event (``Done``/``Failed``). Replays are dropped: when a
+    job is reclaimed after a worker died, the new attempt re-emits from ``seq`` 0 and events up
+    to the highest ``seq`` already delivered are skipped (the gateway sets a seed, so the replay
+    is the same stream); events of an older attempt arriving late are skipped too. Each attempt's
+    ``Started`` is delivered, so the caller can see that a retry happened.
+    """
+
+    def __init__(self, reader: ReplyReader, job_id: str, deadline: float, grace_s: float) -> None:
+        self.job_id = job_id
+        self._reader = reader
+        self._give_up_at = deadline + grace_s
+        self._queue: asyncio.Queue[Reply | TransportError] = asyncio.Queue()
+        self._attempt = 0
+        self._high_seq = -1
+        self._closed_for_input = False
+        self._finished = False
+
+    def offer(self, reply: Reply) -> bool:
+        """Called by the reader: queue ``reply`` unless it is a replay; True if terminal."""
+        if self._closed_for_input:
+            return False
+        if reply.is_terminal:
+            self._closed_for_input = True
+            self._queue.put_nowait(reply)
+            return True
+        if reply.attempt < self._attempt:
+            return False
+        self._attempt = reply.attempt
+        if isinstance(reply.event, Started):
+            self._queue.put_nowait(reply)
+        elif reply.seq > self._high_seq:
+            self._high_seq = reply.seq
+            self._queue.put_nowait(reply)
+        return False
+
+    def abort(self, error: TransportError) -> None:
+        """Called by the reader: end the iteration with ``error`` (unless already finished)."""
+        if not self._closed_for_input:
+            self._closed_for_input = True
+            self._queue.put_nowait(error)
+
+    def __aiter__(self) -> AsyncIterator[Reply]:
+        return self
+
+    async def __anext__(self) -> Reply:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._next_item()
+        if isinstance(item, TransportError):
+            self._finish()
+            raise item
+        if item.is_terminal:
+            self._finish()
+        return item
+
+    async def _next_item(self) -> Reply | TransportError:
+        """The next queued item; what already arrived is delivered even past the deadline."""
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        timeout = max(0.0, self._give_up_at - time.time())
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout=timeout)
+        except asyncio.TimeoutError:
+            return DeadlineExceeded(f"job {self.job_id} did not finish before its deadline")
+
+    async def collect(self) -> list[Reply]:
+        """Every event up to and including the terminal one."""
+        return [reply async for reply in self]
+
+    def close(self) -> None:
+        """Stop receiving events (idempotent); later events for this job are dropped."""
+        self._finish()
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._closed_for_input = True
+        self._reader.unsubscribe(self.job_id, self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ReplyReader:
+    """The one reader task of a gateway replica's reply stream."""
+
+    def __init__(self, redis: Redis, settings: QueueSettings, replica_id: str) -> None:
+        self.stream = keys.reply_stream(replica_id)
+        self._redis = redis
+        self._settings = settings
+        self._subs: dict[str, Subscription] = {}
+        self._last_id = b"0-0"
+        self._down_since: float | None = None
+        self._outage_reported = False
+        self._next_trim = 0.0
+        self._closing = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """False while the reader cannot reach Redis (for /readyz)."""
+        return self._down_since is None
+
+    @property
+    def last_id(self) -> bytes:
+        """The id of the last entry read (where a reconnect resumes)."""
+        return self._last_id
+
+    async def start(self) -> None:
+        """Start reading from the current end of the stream (from 0 if Redis is unreachable)."""
+        if self._task is not None:
+            raise RuntimeError("reply reader already started")
+        try:
+            self._last_id = await self._stream_end() or b"0-0"
+        except CONNECTION_ERRORS as exc:
+            logger.warning("reply reader starts while redis is unreachable: %s", exc)
+            self._down_since = time.monotonic()
+        self._task = asyncio.create_task(self._run(), name=f"reply-reader:{self.stream}")
+
+    async def close(self) -> None:
+        """Stop the task; waiting subscriptions end with Unavailable."""
+        self._closing.set()
+        if self._task is not None:
+            await stop_task(self._task, self._settings.block_s + 2.0)
+            self._task = None
+        self._abort_all("the gateway is shutting down")
+
+    def subscribe(self, job_id: str, deadline: float) -> Subscription:
+        """Register interest in ``job_id`` (do it before enqueueing, so no event is missed)."""
+        if job_id in self._subs:
+            raise ValueError(f"job {job_id} already has a subscription")
+        sub = Subscription(self, job_id, deadline, self._settings.reply_grace_s)
+        if self._outage_reported:
+            sub.abort(Unavailable("the reply stream is unreachable; retry later"))
+            return sub
+        self._subs[job_id] = sub
+        return sub
+
+    def unsubscribe(self, job_id: str, sub: Subscription) -> None:
+        """Forget a subscription (called by the subscription itself)."""
+        if self._subs.get(job_id) is sub:
+            del self._subs[job_id]
+
+    @property
+    def waiting(self) -> int:
+        """Subscriptions currently waiting for events."""
+        return len(self._subs)
+
+    async def _run(self) -> None:
+        backoff = Backoff(self._settings.reconnect_backoff_cap_s)
+        while not self._closing.is_set():
+            try:
+                if self._down_since is not None:
+                    await self._recover()
+                await self._read_batch()
+                await self._maybe_trim()
+                backoff.reset()
+            except CONNECTION_ERRORS as exc:
+                self._on_disconnect(exc)
+                await sleep_until(self._closing, backoff.next_delay())
+            except Exception:
+                logger.exception("reply reader failed; retrying")
+                await sleep_until(self._closing, backoff.next_delay())
+
+    async def _read_batch(self) -> None:
+        block_ms = int(self._settings.block_s * 1000)
+        response = await self._redis.xread(
+            {self.stream: self._last_id}, count=_READ_COUNT, block=block_ms
+        )
+        for entry_id, fields in stream_entries(response):
+            self._last_id = entry_id
+            self._dispatch(fields.get(REPLY_FIELD, b""))
+
+    def _dispatch(self, raw: bytes) -> None:
+        parsed = parse_reply(raw)
+        if isinstance(parsed, Undecodable):
+            self._dispatch_undecodable(parsed)
+            return
+        sub = self._subs.get(parsed.job_id)
+        if sub is None:
+            logger.debug("reply for unknown or finished job %s dropped", parsed.job_id)
+            return
+        if sub.offer(parsed):
+            self.unsubscribe(parsed.job_id, sub)
+
+    def _dispatch_undecodable(self, parsed: Undecodable) -> None:
+        sub = self._subs.get(parsed.job_id) if parsed.job_id else None
+        logger.warning("undecodable reply for job %s: %s", parsed.job_id, parsed.error.message)
+        if sub is None:
+            return
+        failed = Failed(error=ErrorPayload.from_error(parsed.error))
+        reply = Reply(
+            job_id=sub.job_id,
+            request_id=parsed.request_id or sub.job_id,
+            trace_id=parsed.trace_id,
+            attempt=1,
+            seq=0,
+            event=failed,
+        )
+        sub.offer(reply)
+        self.unsubscribe(sub.job_id, sub)
+
+    async def _maybe_trim(self) -> None:
+        """Drop entries already read (only this reader reads the stream) and keep it alive."""
+        now = time.monotonic()
+        if now < self._next_trim or self._last_id == b"0-0":
+            return
+        self._next_trim = now + self._settings.trim_interval_s
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xtrim(self.stream, minid=self._last_id, approximate=True)
+        pipe.pexpire(self.stream, int(self._settings.reply_stream_ttl_s * 1000))
+        await pipe.execute()
+
+    async def _stream_end(self) -> bytes | None:
+        if not await self._redis.exists(self.stream):
+            return None
+        info = await self._redis.xinfo_stream(self.stream)
+        last: bytes = info["last-generated-id"]
+        return last
+
+    async def _recover(self) -> None:
+        """After reconnecting: detect that Redis lost the stream (a restart without persistence).
+
+        The reader trims only entries before the last one it read, so that entry must still
+        exist; if it does not, events of in-flight jobs are gone and their waiters are told so.
+        """
+        lost = self._last_id != b"0-0" and not await self._redis.xrange(
+            self.stream, min=self._last_id, max=self._last_id, count=1
+        )
+        outage = time.monotonic() - (self._down_since or time.monotonic())
+        logger.info("reply reader reconnected after %.1fs (stream lost: %s)", outage, lost)
+        self._down_since = None
+        self._outage_reported = False
+        if lost:
+            self._last_id = b"0-0"
+            self._abort_all("the job store lost in-flight state; retry the request")
+
+    def _on_disconnect(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            logger.warning("reply reader lost redis: %s; reconnecting", exc)
+            self._down_since = now
+        if not self._outage_reported and now - self._down_since >= self._settings.reply_outage_s:
+            self._outage_reported = True
+            self._abort_all("the reply stream is unreachable; retry later")
+
+    def _abort_all(self, message: str) -> None:
+        subs, self._subs = self._subs, {}
+        if subs:
+            logger.warning("ending %d waiting requests: %s", len(subs), message)
+        for sub in subs.values():
+            sub.abort(Unavailable(message))

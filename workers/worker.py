@@ -1,0 +1,289 @@
+"""The generic worker loop: jobs in from a stream, events out to the requester.
+
+A worker process builds one :class:`Worker` with an async *handler* and runs it. The handler is
+an async generator taking ``(job, ctx)`` and yielding events (``TextDelta``, ``ImageReady``, ...);
+everything else is the loop's job:
+
+- take at most ``capacity`` jobs at a time, new ones (``XREADGROUP``) or abandoned ones
+  (``XAUTOCLAIM`` after a lease), highest ``priority`` first within a batch;
+- drop a job that was cancelled or whose deadline passed before it starts, answering
+  ``Failed(cancelled|deadline_exceeded)`` (so a retry storm cannot pile onto the GPU);
+- send ``Started``, stamp and forward each event, then send ``Done`` (or the handler's own
+  terminal event) and acknowledge, atomically;
+- turn handler exceptions into ``Failed`` at this boundary (STYLE.md §4);
+- heartbeat: publish :class:`~workers.protocol.WorkerInfo`, renew the leases of running jobs,
+  and flag ``ctx`` when a job is cancelled, expires, or was reclaimed elsewhere; the handler
+  checks ``ctx.stopped`` between steps, and the loop stops forwarding at the next event;
+- survive Redis outages: reads back off and retry; a job whose events cannot be written is
+  abandoned unacknowledged and is reclaimed after its lease, so nothing accepted is lost.
+
+``run(burst=True)`` processes what is queued (and what is reclaimable now) and returns, like arq's
+``burst`` mode, so tests finish deterministically. Handlers must not block the event loop for
+longer than a fraction of ``heartbeat_interval_s``; run blocking GPU calls in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from workers import keys, metrics
+from workers.blobs import BlobStore
+from workers.connection import CONNECTION_ERRORS, Backoff, sleep_until, stop_task
+from workers.consumer import Delivery, StreamConsumer
+from workers.execution import JobExecutor
+from workers.handler import Handler, JobContext
+from workers.heartbeat import WorkerRegistry
+from workers.protocol import Job, Undecodable, WorkerInfo, new_id, parse_job
+from workers.settings import QueueSettings
+
+__all__ = ["Handler", "JobContext", "Worker"]  # the handler contract, re-exported for workers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Running:
+    delivery: Delivery
+    ctx: JobContext | None
+    task: asyncio.Task[None]
+
+
+class Worker:
+    """Consumes one stage+model job stream with a handler; see the module docstring."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: QueueSettings,
+        *,
+        stage: keys.Stage,
+        model: str,
+        handler: Handler,
+        capacity: int = 1,
+        worker_id: str | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.stage = stage
+        self.model = model
+        self.capacity = capacity
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[:8]}"
+        self._redis = redis
+        self._settings = settings
+        self._consumer = StreamConsumer(
+            redis, settings, keys.job_stream(stage, model), self.worker_id
+        )
+        self._registry = WorkerRegistry(redis, settings)
+        self._blobs = BlobStore(redis, settings)
+        self._executor = JobExecutor(
+            redis, settings, self._consumer, handler, worker_id=self.worker_id, stage=stage
+        )
+        self._running: dict[str, _Running] = {}
+        self._stopping = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._started_at = time.time()
+        self._next_reclaim = 0.0
+        self._next_trim = 0.0
+
+    @property
+    def processed(self) -> int:
+        """Jobs this worker has finished (in any way) since it started."""
+        return self._executor.processed
+
+    @property
+    def load(self) -> int:
+        """Jobs running now."""
+        return len(self._running)
+
+    def info(self) -> WorkerInfo:
+        """The heartbeat this worker publishes."""
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            stage=self.stage,
+            model=self.model,
+            capacity=self.capacity,
+            load=self.load,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            heartbeat_at=time.time(),
+        )
+
+    def stop(self) -> None:
+        """Stop taking jobs; ``run`` returns once running jobs finish (or the grace runs out)."""
+        self._stopping.set()
+
+    async def run(self, *, burst: bool = False) -> None:
+        """Consume until :meth:`stop` (or, with ``burst``, until nothing is left to do)."""
+        logger.info(
+            "worker %s consuming %s (capacity %d)", self.worker_id, self.stream, self.capacity
+        )
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat:{self.worker_id}"),
+            asyncio.create_task(self._watch_loop(), name=f"watch:{self.worker_id}"),
+        ]
+        try:
+            await self._consume(burst)
+        finally:
+            await self._drain()
+            self._closing.set()
+            for task in background:
+                await stop_task(task, self._settings.block_s + 2.0)
+            await self._leave()
+        logger.info("worker %s stopped after %d jobs", self.worker_id, self.processed)
+
+    @property
+    def stream(self) -> str:
+        """The job stream this worker consumes."""
+        return self._consumer.stream
+
+    # --- the consume loop -------------------------------------------------------------------
+    async def _consume(self, burst: bool) -> None:
+        backoff = Backoff(self._settings.reconnect_backoff_cap_s)
+        while not self._stopping.is_set():
+            free = self.capacity - len(self._running)
+            if free <= 0:
+                await self._wait_for_slot()
+                continue
+            try:
+                deliveries = await self._next_deliveries(free, burst)
+                backoff.reset()
+            except CONNECTION_ERRORS as exc:
+                delay = backoff.next_delay()
+                logger.warning("worker cannot reach redis (%s); retrying in %.2fs", exc, delay)
+                await sleep_until(self._stopping, delay)
+                continue
+            if deliveries:
+                self._start(deliveries)
+            elif burst and not self._running:
+                return
+            elif burst:
+                await self._wait_for_slot()
+
+    async def _next_deliveries(self, free: int, burst: bool) -> list[Delivery]:
+        now = time.monotonic()
+        if burst or now >= self._next_reclaim:
+            self._next_reclaim = now + self._settings.reclaim_interval_s
+            await self._maintain(now)
+            claimed = await self._consumer.claim_abandoned(free)
+            if claimed:
+                metrics.RECLAIMED.labels(self.stage).inc(len(claimed))
+                return claimed
+        block = None if burst else self._settings.block_s
+        return await self._consumer.read(free, block)
+
+    async def _maintain(self, now: float) -> None:
+        """Trim acknowledged history and forget dead consumers, every ``trim_interval_s``."""
+        if now < self._next_trim:
+            return
+        self._next_trim = now + self._settings.trim_interval_s
+        await self._consumer.ensure_group()
+        await self._consumer.trim()
+        live = {info.worker_id for info in await self._registry.list_workers()}
+        await self._consumer.prune_consumers(live | {self.worker_id})
+
+    def _start(self, deliveries: list[Delivery]) -> None:
+        parsed = [(delivery, parse_job(delivery.raw)) for delivery in deliveries]
+        parsed.sort(key=lambda pair: -_priority(pair[1]))
+        for delivery, job in parsed:
+            ctx = None
+            if isinstance(job, Undecodable):
+                task = asyncio.create_task(self._executor.reject(delivery, job))
+            else:
+                ctx = JobContext(job, delivery.attempt, self.worker_id, self._blobs)
+                task = asyncio.create_task(self._executor.process(delivery, job, ctx))
+            self._running[delivery.entry_id] = _Running(delivery, ctx, task)
+            task.add_done_callback(functools.partial(self._forget, delivery.entry_id))
+        metrics.RUNNING.labels(self.stage).set(len(self._running))
+
+    def _forget(self, entry_id: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(entry_id, None)
+        metrics.RUNNING.labels(self.stage).set(len(self._running))
+
+    async def _wait_for_slot(self) -> None:
+        tasks = [r.task for r in self._running.values()]
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+
+    # --- heartbeat, leases, stop signals ------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        """Publish WorkerInfo and renew running jobs' leases every ``heartbeat_interval_s``."""
+        while not self._closing.is_set():
+            try:
+                await self._heartbeat()
+            except CONNECTION_ERRORS as exc:
+                logger.warning("heartbeat failed: %s", exc)
+            except Exception:
+                logger.exception("heartbeat failed")
+            await sleep_until(self._closing, self._settings.heartbeat_interval_s)
+
+    async def _heartbeat(self) -> None:
+        await self._registry.publish(self.info())
+        running = dict(self._running)
+        lost = await self._consumer.touch(list(running))
+        for entry_id in lost:
+            ctx = running[entry_id].ctx if entry_id in running else None
+            if ctx is not None:
+                ctx.request_stop("lost")
+
+    async def _watch_loop(self) -> None:
+        """Flag cancelled and expired jobs quickly (cancellation must not wait a heartbeat)."""
+        interval = min(self._settings.heartbeat_interval_s, 0.5)
+        while not self._closing.is_set():
+            await sleep_until(self._closing, interval)
+            try:
+                await self._watch()
+            except CONNECTION_ERRORS as exc:
+                logger.debug("cancel poll failed: %s", exc)
+
+    async def _watch(self) -> None:
+        contexts = [r.ctx for r in self._running.values() if r.ctx is not None]
+        now = time.time()
+        for ctx in contexts:
+            if ctx.job.deadline <= now:
+                ctx.request_stop("deadline_exceeded")
+        cancelled = await self._consumer.cancelled([ctx.job.job_id for ctx in contexts])
+        for ctx in contexts:
+            if ctx.job.job_id in cancelled:
+                ctx.request_stop("cancelled")
+
+    # --- shutdown -------------------------------------------------------------------------------
+    async def _drain(self) -> None:
+        """Let running jobs finish within the grace period; hand the rest back for reclaim."""
+        tasks = [r.task for r in self._running.values()]
+        if not tasks:
+            return
+        grace = self._settings.shutdown_grace_s
+        logger.info("waiting up to %.1fs for %d running jobs", grace, len(tasks))
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        if not pending:
+            return
+        unfinished = [r.delivery.entry_id for r in self._running.values() if r.task in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=self._settings.block_s + 2.0)
+        try:
+            await self._consumer.release(unfinished)
+            logger.info("released %d unfinished jobs for other workers", len(unfinished))
+        except CONNECTION_ERRORS as exc:
+            logger.warning("could not release unfinished jobs (%s); they expire by lease", exc)
+
+    async def _leave(self) -> None:
+        try:
+            await self._registry.remove(self.worker_id)
+            await self._consumer.leave()
+        except CONNECTION_ERRORS as exc:
+            logger.warning("could not deregister worker: %s", exc)
+
+
+def _priority(job: Job | Undecodable) -> int:
+    return 10 if isinstance(job, Undecodable) else job.priority
