@@ -33,6 +33,8 @@ class EngineThread:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 @pytest.fixture(scope="session")
