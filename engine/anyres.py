@@ -3,7 +3,8 @@
 An image of any size becomes ``n`` pictures of 448x448 for the ViT: the image stretched (no
 padding, aspect ratio not kept) to the chosen grid and cut into row-major tiles, then the whole
 original stretched to 448x448 as the global view, last. Each picture gets a normalised centre
-for the per-tile position embedding (§2.3); the global view's is (0.5, 0.5).
+for the per-tile position embedding (§2.3); the global view's is (0.5, 0.5). An image the model
+generated, sent back in an assistant turn, is its global view alone (:class:`GlobalViewImage`).
 
 Images are converted to RGB first, as the SEED-X scripts do with ``Image.open(p).convert("RGB")``
 (alpha is dropped, not composited; no EXIF rotation is applied, matching the reference). Every
@@ -34,7 +35,7 @@ class AnyResImage:
 
     pixels: torch.Tensor  # [n, 3, S, S] float32, CLIP-normalised; tiles row-major, global last
     centres: torch.Tensor  # [n, 2] float32 (x, y) in [0, 1], same order
-    grid: tuple[int, int]  # (columns, rows) of tiles
+    grid: tuple[int, int]  # (columns, rows) of tiles; (0, 0): the global view alone
     original_size: tuple[int, int]  # (width, height) of the input image
 
     @property
@@ -143,10 +144,43 @@ def preprocess_anyres(
         for top in range(0, height, base_resolution)
         for left in range(0, width, base_resolution)
     ]
-    pictures.append(image.resize((base_resolution, base_resolution), Image.Resampling.BICUBIC))
+    pictures.append(global_view(image, base_resolution))
     pixels = torch.stack([clip_transform(p, base_resolution) for p in pictures])
     cols, rows = width // base_resolution, height // base_resolution
     return AnyResImage(pixels, tile_centres(cols, rows), (cols, rows), image.size)
+
+
+def global_view(image: Image.Image, base_resolution: int = _DEFAULT.base_resolution) -> Image.Image:
+    """§4.3 step 3: the whole image stretched to ``base x base`` (BICUBIC), the last picture."""
+    return to_rgb(image).resize((base_resolution, base_resolution), Image.Resampling.BICUBIC)
+
+
+@dataclass(frozen=True)
+class GlobalViewImage:
+    """An image written into the prompt as its global view only: one ``<img>`` block.
+
+    That is how a picture the model generated sits in the history when a client sends the
+    assistant's answer back (``engine.prompts``: an assistant image is ``ImageInput(1)``). The
+    reference's generated block had no tiles, so none are added when it returns as input.
+    """
+
+    image: Image.Image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def preprocess_global_view(
+    image: Image.Image, base_resolution: int = _DEFAULT.base_resolution
+) -> AnyResImage:
+    """One picture: the any-res global view of ``image`` with centre (0.5, 0.5), no tiles.
+
+    Pixel for pixel the last picture :func:`preprocess_anyres` makes of the same image.
+    """
+    image = to_rgb(image)
+    pixels = clip_transform(global_view(image, base_resolution), base_resolution).unsqueeze(0)
+    return AnyResImage(pixels, torch.tensor([[0.5, 0.5]]), (0, 0), image.size)
 
 
 def preprocess_reconstruction(

@@ -47,6 +47,32 @@ class Overloaded(TransportError):
     retryable = True
 
 
+class InvalidRequest(TransportError):
+    """The request cannot be served as given (unreadable image, prompt too long, bad option).
+
+    ``param`` names the offending field, as OpenAI's error body does. A worker answers it for a
+    job the gateway could not check without the model (tokenized length, decoded pixels); the
+    gateway raises it (or a subclass) for everything it can check itself.
+    """
+
+    code = "invalid_request"
+    http_status = 400
+    type = "invalid_request_error"
+
+
+class ModelNotFound(TransportError):
+    """No worker serves the model the request names.
+
+    Shared by the gateway (no live worker heartbeats for the model) and the workers (a job that
+    reached a process serving another model), so both answer the same 404. A model that exists
+    but cannot run the asked task is an :class:`InvalidRequest` naming ``task``.
+    """
+
+    code = "model_not_found"
+    http_status = 404
+    type = "invalid_request_error"
+
+
 class DeadlineExceeded(TransportError):
     """The job's deadline passed before it finished (or before it started)."""
 
@@ -116,6 +142,8 @@ class BlobCorrupt(TransportError):
 
 
 WIRE_ERRORS: tuple[type[TransportError], ...] = (
+    InvalidRequest,
+    ModelNotFound,
     Unavailable,
     Overloaded,
     DeadlineExceeded,

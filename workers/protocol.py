@@ -161,9 +161,20 @@ class ChatMessage(_Part):
 
 
 class SamplingParams(_Part):
-    """Decoding parameters, validated at the gateway and trusted by the worker."""
+    """Decoding parameters, validated at the gateway and trusted by the worker.
 
-    temperature: float = Field(default=1.0, ge=0, le=2)
+    ``temperature`` left unset (None) means *the model's default*, which for SEED-X is greedy
+    decoding (spec §5.5: the original decodes with ``do_sample=False``). OpenAI's 1.0 is the
+    default of OpenAI's models, not of this one: an API call that omits ``temperature`` must get
+    what SEED-X was evaluated with, as vLLM's server fills omitted sampling fields from the
+    model's generation config. The gateway therefore forwards an omitted temperature as None,
+    and an explicit value (0 included) is honoured. Rollout: a v1 worker older than this field's
+    widening rejects ``null``; upgrade workers before gateways.
+    """
+
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="None: the model's default (SEED-X: greedy)."
+    )
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_tokens: int = Field(default=512, ge=1, le=32_768)
     stop: tuple[Annotated[str, Field(min_length=1)], ...] = Field(default=(), max_length=4)

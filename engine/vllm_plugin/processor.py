@@ -1,8 +1,14 @@
 """SEED-X's multimodal processor for vLLM: any-res pictures in, query slots located.
 
-The multimodal item is **one user image**. As pixels (a PIL image) it becomes ``n`` pictures
+The multimodal item is **one image**. As pixels (a PIL image) it becomes ``n`` pictures
 (any-res tiles + the global view, ``engine.anyres.preprocess_anyres``, §4) with their tile
-centres; as a precomputed embedding it is a ``[n * 64, hidden]`` tensor (``enable_mm_embeds``).
+centres; wrapped in :class:`~engine.anyres.GlobalViewImage` (a generated image sent back in an
+assistant turn) it is the global view alone, one picture; as a precomputed embedding it is a
+``[n * 64, hidden]`` tensor (``enable_mm_embeds``). The wrapper travels in the ordinary
+``"image"`` list (vLLM leaves non-PIL items alone), so the item says what it is: the processor
+cache, keyed per item, never needs the prompt or per-request kwargs to tell the two apart.
+Callers give a global-view item its own ``multi_modal_uuids`` entry (the engine prefixes it),
+or its cache entry would be shared with the same picture given as a user image.
 
 Prompts are token ids built by our prompt builder (``engine.prompts.build_prompt``), with every
 image block **already expanded** (``<patch>`` + 64 queries + ``</patch>`` per tile, then
@@ -24,6 +30,7 @@ from functools import cached_property
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import BatchFeature
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import (
@@ -41,7 +48,14 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 
-from engine.anyres import candidate_resolutions, choose_resolution, preprocess_anyres
+from engine.anyres import (
+    AnyResImage,
+    GlobalViewImage,
+    candidate_resolutions,
+    choose_resolution,
+    preprocess_anyres,
+    preprocess_global_view,
+)
 from engine.arch import NUM_QUERY_TOKENS, SeedXArch
 from engine.vllm_plugin.ids import SeedXTokenIds, token_ids_for
 
@@ -127,10 +141,9 @@ class SeedXMultiModalProcessor(BaseMultiModalProcessor[SeedXProcessingInfo]):
         self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
         images = hf_data.get("images") or []
-        rules = self.info.rules
-        prepared = [
-            preprocess_anyres(image, rules.grids, rules.base_resolution) for image in images
-        ]  # type: ignore[attr-defined]
+        if not isinstance(images, Sequence):
+            raise TypeError(f"images must be a list, got {type(images).__name__}")
+        prepared = [self._preprocess(image) for image in images]
         return BatchFeature(
             {
                 "pixel_values": torch.cat([p.pixels for p in prepared]),
@@ -138,6 +151,14 @@ class SeedXMultiModalProcessor(BaseMultiModalProcessor[SeedXProcessingInfo]):
                 "num_pictures": torch.tensor([p.num_pictures for p in prepared]),
             }
         )
+
+    def _preprocess(self, image: object) -> AnyResImage:
+        rules = self.info.rules
+        if isinstance(image, GlobalViewImage):
+            return preprocess_global_view(image.image, rules.base_resolution)
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"image items must be PIL images, got {type(image).__name__}")
+        return preprocess_anyres(image, rules.grids, rules.base_resolution)
 
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
@@ -160,6 +181,10 @@ class SeedXMultiModalProcessor(BaseMultiModalProcessor[SeedXProcessingInfo]):
                     f"{NUM_QUERY_TOKENS} (one [64, hidden] block per picture)"
                 )
             return rows // NUM_QUERY_TOKENS
+        assert isinstance(items, ImageProcessorItems)
+        item = items.get(item_idx)
+        if isinstance(item, GlobalViewImage):
+            return 1
         size = items.get_image_size(item_idx)
         return self.info.rules.num_pictures(size.width, size.height)
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from engine.anyres import GlobalViewImage
 from engine.tokenizer import SeedXTokenizer
 from engine.vllm_plugin.capture import capture_args, unpack_tensor
 from engine.vllm_plugin.ids import SeedXTokenIds
@@ -39,6 +40,7 @@ from workers.llm.types import (
     ImageData,
     ImageEmbedding,
     LLMRequest,
+    TokenObserver,
     Usage,
 )
 
@@ -84,6 +86,9 @@ class EngineConfig:
 
 
 def _image_digest(image: ImageData) -> str:
+    """The item's vLLM ``multi_modal_uuids`` entry: its content, and how it is written."""
+    if isinstance(image, GlobalViewImage):
+        return "global-" + _image_digest(image.image)
     if isinstance(image, torch.Tensor):
         data = image.detach().to("cpu").contiguous()
         raw = data.view(torch.uint8).numpy().tobytes()
@@ -104,6 +109,16 @@ def clean_rgb(image: Image.Image) -> Image.Image:
     return rgb
 
 
+def _clean(image: ImageData) -> ImageData:
+    """Pixels as the reference sees them (:func:`clean_rgb`); vLLM parses only PIL items, so a
+    :class:`GlobalViewImage` is cleaned here or never."""
+    if isinstance(image, GlobalViewImage):
+        return GlobalViewImage(clean_rgb(image.image))
+    if isinstance(image, Image.Image):
+        return clean_rgb(image)
+    return image
+
+
 class SeedXLLMEngine:
     """Async SEED-X generation over one vLLM ``AsyncLLM`` (see module doc)."""
 
@@ -121,17 +136,28 @@ class SeedXLLMEngine:
         self._cancelled: set[str] = set()
 
     @classmethod
-    async def start(cls, config: EngineConfig) -> SeedXLLMEngine:
-        """Builds the AsyncLLM (spawns vLLM's engine process) and installs the row capture."""
+    async def start(
+        cls, config: EngineConfig, stat_loggers: list[Any] | None = None
+    ) -> SeedXLLMEngine:
+        """Builds the AsyncLLM (spawns vLLM's engine process) and installs the row capture.
+
+        ``stat_loggers``: vLLM ``StatLoggerFactory`` callables, called after every engine step
+        with the scheduler's stats (``workers.llm.metrics.SchedulerStatsLogger``).
+        """
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        llm = AsyncLLM.from_engine_args(config.engine_args())
+        llm = AsyncLLM.from_engine_args(config.engine_args(), stat_loggers=stat_loggers)
         try:
             await llm.collective_rpc("seedx_install_capture", args=(config.capture_entries,))
         except BaseException:
             llm.shutdown()
             raise
         return cls(llm, config)
+
+    @property
+    def alive(self) -> bool:
+        """False once vLLM's engine process died or the engine was shut down (liveness)."""
+        return self.llm is not None and not self.llm.errored
 
     def shutdown(self) -> None:
         """Stops vLLM's engine processes (idempotent)."""
@@ -140,14 +166,19 @@ class SeedXLLMEngine:
             self.llm = None
 
     # -- public API ------------------------------------------------------------------------------
-    async def generate(self, request: LLMRequest) -> AsyncIterator[Event]:
-        """Yields the events of every choice (interleaved), then one ``Usage``."""
+    async def generate(
+        self, request: LLMRequest, observer: TokenObserver | None = None
+    ) -> AsyncIterator[Event]:
+        """Yields the events of every choice (interleaved), then one ``Usage``.
+
+        ``observer`` hears of every batch of sampled tokens as it arrives from vLLM.
+        """
         request.sampling.validate()
         self.check(request)
-        images = tuple(clean_rgb(i) if isinstance(i, Image.Image) else i for i in request.images)
+        images = tuple(_clean(i) for i in request.images)
         digests = [_image_digest(i) for i in images]
         self._active[request.request_id] = set()
-        runner = _VllmSegments(self, request.request_id, images, digests)
+        runner = _VllmSegments(self, request.request_id, images, digests, observer)
         settings = ChoiceSettings(
             self._suppress, hashlib.sha256("".join(digests).encode()).hexdigest()
         )
@@ -232,9 +263,11 @@ class _VllmSegments:
         request_id: str,
         images: tuple[ImageData, ...],
         digests: list[str],
+        observer: TokenObserver | None = None,
     ) -> None:
         self.engine, self.request_id = engine, request_id
         self.images, self.digests = images, digests
+        self.observer = observer
 
     def _prompt(self, ids: list[int]) -> dict[str, Any]:
         prompt: dict[str, Any] = {"prompt_token_ids": ids}
@@ -255,6 +288,8 @@ class _VllmSegments:
             async for out in self.engine.llm.generate(self._prompt(ids), params, request_id):
                 completion = out.outputs[0]
                 finished = out.finished
+                if self.observer is not None:
+                    self.observer.on_tokens(request_id, len(completion.token_ids))
                 yield list(completion.token_ids), completion.finish_reason if finished else None
         finally:
             live.discard(request_id)

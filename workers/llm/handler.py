@@ -5,8 +5,13 @@ runs it on the shared :class:`~workers.llm.engine.SeedXLLMEngine`, and maps its 
 text deltas as they come, boxes in pixels of the first input image (clamped to it), each visual
 embedding stored as a ``float16 [64, D]`` tensor blob (``EmbeddingReady``), then ``Usage`` and
 ``Done`` with every choice's finish reason. A cancelled or expired job (``ctx.stop_event``)
-aborts its vLLM requests at once. Bad input answers ``Failed(code="invalid_request")`` naming
-the parameter; the engine keeps serving other jobs.
+aborts its vLLM requests at once. Bad input answers ``Failed(code="invalid_request")``
+(:class:`~workers.errors.InvalidRequest`, HTTP 400) naming the parameter, before any engine
+work; the engine keeps serving other jobs. Metrics: ``workers.llm.metrics``.
+
+Sampling: a job whose ``temperature`` is None asks for the model's default, which for SEED-X is
+greedy decoding (spec §5.5: the original calls ``generate(do_sample=False)``); an explicit value
+is honoured (0 is greedy too). See ``workers.protocol.SamplingParams``.
 """
 
 from __future__ import annotations
@@ -14,23 +19,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from workers import protocol as wire
-from workers.errors import BlobCorrupt, BlobMissing
+from workers.connection import CONNECTION_ERRORS
+from workers.errors import BlobCorrupt, BlobMissing, InvalidMessage, InvalidRequest
 from workers.llm import types as llm
+from workers.llm.metrics import LLMMetrics
 from workers.llm.prompting import BadRequest, decode_image, prepare_prompt
 from workers.worker import JobContext
 
 logger = logging.getLogger(__name__)
 
-INVALID_REQUEST = "invalid_request"
+GREEDY = 0.0
+"""SEED-X's default temperature (§5.5: greedy), used when a job leaves ``temperature`` unset."""
 
 
-def _failed(message: str, param: str | None) -> wire.Failed:
-    return wire.Failed(error=wire.ErrorPayload(code=INVALID_REQUEST, message=message, param=param))
+def sampling_options(params: wire.SamplingParams) -> llm.SamplingOptions:
+    """Wire sampling -> engine options; an unset temperature is the model default (greedy)."""
+    temperature = GREEDY if params.temperature is None else params.temperature
+    return llm.SamplingOptions(
+        temperature, params.top_p, params.max_tokens, params.stop, params.seed, params.n
+    )
+
+
+def _failed(error: InvalidRequest | InvalidMessage) -> wire.Failed:
+    return wire.Failed(error=wire.ErrorPayload.from_error(error))
 
 
 def _box(box: Any) -> wire.Box:
@@ -41,9 +56,9 @@ def _box(box: Any) -> wire.Box:
 class LLMJobHandler:
     """Callable handler for ``workers.worker.Worker`` around one engine."""
 
-    def __init__(self, engine: Any, metrics: Any | None = None) -> None:
+    def __init__(self, engine: Any, metrics: LLMMetrics | None = None) -> None:
         self.engine = engine
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else LLMMetrics(engine.model_name)
 
     async def _request(self, job: wire.ChatJob, ctx: JobContext) -> llm.LLMRequest:
         images = []
@@ -60,8 +75,8 @@ class LLMJobHandler:
         )
         if prompt.image_required and not job.allow_image_output:
             raise BadRequest(f"task {job.task!r} needs allow_image_output", "allow_image_output")
-        s = job.sampling
-        sampling = llm.SamplingOptions(s.temperature, s.top_p, s.max_tokens, s.stop, s.seed, s.n)
+        sampling = sampling_options(job.sampling)
+        sampling.validate()
         return llm.LLMRequest(
             job.job_id,
             prompt.ids,
@@ -72,26 +87,32 @@ class LLMJobHandler:
         )
 
     async def __call__(self, job: wire.Job, ctx: JobContext) -> AsyncIterator[wire.Event]:
-        if not isinstance(job, wire.ChatJob):
-            yield _failed(f"the LLM worker does not run {job.kind!r} jobs", "kind")
+        if not isinstance(job, wire.ChatJob):  # a routing bug, not the client's fault
+            yield _failed(InvalidMessage(f"the LLM worker does not run {job.kind!r} jobs"))
             return
+        timing = self.metrics.timing()  # TTFT counts from here: blob reads and prompt included
         try:
             request = await self._request(job, ctx)
             self.engine.check(request)
         except (BlobMissing, BlobCorrupt) as exc:
-            yield _failed(f"cannot read an input image: {exc}", "messages")
+            yield self._invalid(f"cannot read an input image: {exc}", "messages")
             return
         except (BadRequest, ValueError) as exc:
-            yield _failed(str(exc), getattr(exc, "param", None))
+            yield self._invalid(str(exc), getattr(exc, "param", None))
             return
         watcher = asyncio.create_task(self._abort_on_stop(job.job_id, ctx))
         try:
-            async for event in self._run(job, request, ctx):
+            async for event in self._run(job, request, ctx, timing):
                 yield event
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+    def _invalid(self, message: str, param: str | None) -> wire.Failed:
+        logger.warning("invalid request (%s): %s", param, message)
+        self.metrics.invalid_request()
+        return _failed(InvalidRequest(message, param=param))
 
     async def _abort_on_stop(self, request_id: str, ctx: JobContext) -> None:
         await ctx.stop_event.wait()
@@ -99,33 +120,45 @@ class LLMJobHandler:
         await self.engine.abort(request_id)
 
     async def _run(
-        self, job: wire.ChatJob, request: llm.LLMRequest, ctx: JobContext
+        self,
+        job: wire.ChatJob,
+        request: llm.LLMRequest,
+        ctx: JobContext,
+        timing: llm.TokenObserver,
     ) -> AsyncIterator[wire.Event]:
         reasons: dict[int, wire.FinishReason] = {}
-        started = time.monotonic()
-        first = True
-        async for event in self.engine.generate(request):
-            if first and self.metrics is not None:
-                self.metrics.observe_first_event(time.monotonic() - started)
-                first = False
-            if isinstance(event, llm.TextDelta):
-                yield wire.TextDelta(text=event.text, choice=event.choice)
-            elif isinstance(event, llm.BoxesFound):
-                yield wire.Boxes(boxes=tuple(_box(b) for b in event.boxes), choice=event.choice)
-            elif isinstance(event, llm.ImageEmbedding):
-                if not job.allow_image_output:
-                    continue
-                array = event.embedding.to("cpu").half().numpy()
-                ref = await ctx.blobs.put_tensor(array, owner=job.job_id)
-                yield wire.EmbeddingReady(
-                    embedding=ref, image_index=event.index, choice=event.choice
-                )
-            elif isinstance(event, llm.ChoiceFinished):
-                reasons[event.choice] = "length" if event.reason == "length" else "stop"
-            elif isinstance(event, llm.Usage):
-                yield wire.Usage(
-                    prompt_tokens=event.prompt_tokens,
-                    completion_tokens=event.completion_tokens,
-                    images=event.images if job.allow_image_output else 0,
-                )
+        try:
+            async for event in self.engine.generate(request, timing):
+                mapped = await self._map(job, event, ctx)
+                if isinstance(event, llm.ChoiceFinished):
+                    reasons[event.choice] = "length" if event.reason == "length" else "stop"
+                if mapped is not None:
+                    yield mapped
+        except CONNECTION_ERRORS:
+            raise  # Redis (blob writes), not the engine
+        except Exception:
+            self.metrics.engine_error()
+            raise
         yield wire.Done(finish_reasons=tuple(reasons[c] for c in sorted(reasons)))
+
+    async def _map(self, job: wire.ChatJob, event: llm.Event, ctx: JobContext) -> wire.Event | None:
+        """The wire event of one engine event (None: nothing to send)."""
+        if isinstance(event, llm.TextDelta):
+            return wire.TextDelta(text=event.text, choice=event.choice)
+        if isinstance(event, llm.BoxesFound):
+            return wire.Boxes(boxes=tuple(_box(b) for b in event.boxes), choice=event.choice)
+        if isinstance(event, llm.ImageEmbedding):
+            if not job.allow_image_output:
+                return None
+            array = event.embedding.to("cpu").half().numpy()
+            ref = await ctx.blobs.put_tensor(array, owner=job.job_id)
+            self.metrics.image_emitted()
+            return wire.EmbeddingReady(embedding=ref, image_index=event.index, choice=event.choice)
+        if isinstance(event, llm.Usage):
+            self.metrics.usage(event.prompt_tokens, event.completion_tokens)
+            return wire.Usage(
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                images=event.images if job.allow_image_output else 0,
+            )
+        return None

@@ -7,7 +7,10 @@ template on the first image of the last user message, an image required.
 
 Each user image's picture count comes from the model's any-res rules
 (``engine.vllm_plugin.processor.ImageRules``), the same function the vLLM processor applies, so
-the blocks written here are the ones it looks for.
+the blocks written here are the ones it looks for. An image in an assistant turn is one the model
+generated, sent back unchanged by an OpenAI client: it is written as SEED-X wrote it, one
+``<img>`` block after the turn's text (``ImageInput(1)``), and handed to vLLM as a
+:class:`~engine.anyres.GlobalViewImage` (the any-res global view alone, no tiles).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from engine.anyres import GlobalViewImage
 from engine.prompts import (
     ImageInput,
     Turn,
@@ -43,9 +47,9 @@ class BadRequest(ValueError):
 @dataclass(frozen=True)
 class PreparedPrompt:
     ids: tuple[int, ...]
-    images: tuple[Image.Image, ...]
+    images: tuple[Image.Image | GlobalViewImage, ...]  # prompt order
     image_required: bool
-    box_image_size: tuple[int, int] | None
+    box_image_size: tuple[int, int] | None  # boxes refer to the prompt's first image
 
 
 def decode_image(data: bytes, where: str) -> Image.Image:
@@ -99,15 +103,19 @@ def _chat(
 ) -> PreparedPrompt:
     system = "\n".join(_text(m.content) for m in job.messages if m.role == "system") or None
     turns: list[Turn] = []
-    ordered: list[Image.Image] = []
+    ordered: list[Image.Image | GlobalViewImage] = []
     for message, message_images in zip(job.messages, images, strict=True):
         if message.role == "system":
+            if message_images:
+                raise BadRequest("a system message cannot carry images", "messages")
             continue
-        if message.role == "assistant" and message_images:
-            raise BadRequest("images in assistant turns are not supported yet", "messages")
-        inputs = tuple(ImageInput(rules.num_pictures(*i.size)) for i in message_images)
+        if message.role == "assistant":
+            inputs = tuple(ImageInput(1) for _ in message_images)
+            ordered += [GlobalViewImage(i) for i in message_images]
+        else:
+            inputs = tuple(ImageInput(rules.num_pictures(*i.size)) for i in message_images)
+            ordered += message_images
         turns.append(Turn(message.role, _text(message.content), inputs))
-        ordered += message_images
     try:
         template = chat_template(model, turns, system=system)  # type: ignore[arg-type]
     except ValueError as exc:

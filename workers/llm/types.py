@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from PIL import Image
 
+from engine.anyres import GlobalViewImage
 from engine.boxes import Box
 
 FinishReason = Literal["stop", "length", "abort"]
-ImageData = Image.Image | torch.Tensor  # pixels, or a precomputed [n * 64, hidden] embedding
+# Pixels (any-res tiles + global view), a generated image sent back by the client (its global
+# view alone, one <img> block), or a precomputed [n * 64, hidden] embedding.
+ImageData = Image.Image | GlobalViewImage | torch.Tensor
+
+
+class TokenObserver(Protocol):
+    """Told when sampled tokens arrive (metrics: TTFT, inter-token latency)."""
+
+    def on_tokens(self, request_id: str, count: int) -> None:
+        """``count`` sampled tokens of vLLM request ``request_id`` arrived now."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,8 @@ class SamplingOptions:
 class LLMRequest:
     """One generation. ``prompt_ids`` come from ``engine.prompts.build_prompt`` (BOS first,
     image blocks expanded); ``images`` are the prompt's images in order (pixels go through the
-    any-res processor inside vLLM; tensors are precomputed ``[n * 64, hidden]`` embeddings)."""
+    any-res processor inside vLLM, ``GlobalViewImage`` as one picture; tensors are precomputed
+    ``[n * 64, hidden]`` embeddings)."""
 
     request_id: str
     prompt_ids: tuple[int, ...]

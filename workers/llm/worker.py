@@ -3,6 +3,9 @@
 Consumes ``seedx:jobs:llm:{model}`` with the generic :class:`workers.worker.Worker` loop
 (leases, heartbeats, deadlines, cancellation, drain on SIGTERM) and runs up to ``capacity`` jobs
 concurrently on one :class:`~workers.llm.engine.SeedXLLMEngine`, where vLLM batches them.
+Prometheus metrics (``workers.metrics``, ``workers.llm.metrics`` and vLLM's own ``vllm:*``) are
+served on ``metrics_port`` with a liveness probe at ``/healthz`` (200 while the engine is alive);
+readiness is the Redis heartbeat the gateway reads.
 """
 
 from __future__ import annotations
@@ -43,19 +46,25 @@ class LLMWorkerSettings(BaseSettings):
     strict_suppression: bool = Field(
         default=False, description="-inf instead of the reference's 0.0 for image tokens (§8.5)."
     )
+    metrics_port: int = Field(
+        default=9101, ge=0, le=65535, description="Port of /metrics and /healthz; 0: off."
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Address /metrics listens on.")
     redis: RedisSettings = Field(default_factory=RedisSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
 
 
 async def serve(settings: LLMWorkerSettings) -> None:
     """Starts the engine, consumes until SIGTERM/SIGINT, drains, shuts the engine down."""
-    from engine.loading import resolve_llm_folder
+    from engine.loading import LlmFolder, resolve_llm_folder
     from workers.connection import create_redis
     from workers.llm.engine import EngineConfig, SeedXLLMEngine
     from workers.llm.handler import LLMJobHandler
+    from workers.llm.metrics import LLMMetrics, SchedulerStatsLogger, start_metrics_server
     from workers.worker import Worker
 
     folder = resolve_llm_folder(settings.model)
+    model = settings.model_name or LlmFolder.read(folder).model
     config = EngineConfig(
         folder,
         dtype=settings.dtype,
@@ -65,14 +74,19 @@ async def serve(settings: LLMWorkerSettings) -> None:
         max_num_seqs=max(settings.capacity, 8),
         strict_suppression=settings.strict_suppression,
     )
-    engine = await SeedXLLMEngine.start(config)
+    engine = await SeedXLLMEngine.start(config, [SchedulerStatsLogger.factory(model)])
+    server = None
+    if settings.metrics_port:
+        server = start_metrics_server(
+            settings.metrics_port, settings.metrics_host, lambda: engine.alive
+        )
     redis = create_redis(settings.redis)
     worker = Worker(
         redis,
         settings.queue,
         stage="llm",
-        model=settings.model_name or engine.model_name,
-        handler=LLMJobHandler(engine),
+        model=model,
+        handler=LLMJobHandler(engine, LLMMetrics(model)),
         capacity=settings.capacity,
     )
     loop = asyncio.get_running_loop()
@@ -83,6 +97,8 @@ async def serve(settings: LLMWorkerSettings) -> None:
     finally:
         await redis.aclose()
         engine.shutdown()
+        if server is not None:
+            server.shutdown()
 
 
 def main(model: str, redis_url: str | None = None, capacity: int | None = None) -> int:

@@ -63,6 +63,54 @@ def test_chat_with_boxes_in_history_and_two_images(
     assert got.output_ids == want.output_ids
 
 
+def _history_case(
+    llm_engine: Any, reference: Any, generated: Any, max_tokens: int
+) -> tuple[LLMRequest, Any]:
+    """User image (2x1 grid) -> assistant text + its generated image -> "make it blue", with
+    an image required, on the engine (GlobalViewImage) and the reference (global view pixels)."""
+    from engine.anyres import GlobalViewImage, preprocess_anyres, preprocess_global_view
+
+    user_image = noise_image(1344, 896, seed=21)
+    full, alone = preprocess_anyres(user_image), preprocess_global_view(generated)
+    turns = [
+        Turn("user", "Paint this.", (ImageInput(full.num_pictures),)),
+        Turn("assistant", "Here's an image.", (ImageInput(1),)),
+        Turn("user", "Make it blue."),
+    ]
+    prompt = build_prompt(llm_engine.tokenizer, chat_template("seed-x-i", turns))
+    pictures = reference.picture_embeddings(
+        torch.cat([full.pixels, alone.pixels]), torch.cat([full.centres, alone.centres])
+    )
+    request = LLMRequest(
+        request_id("history"),
+        prompt.ids,
+        (user_image, GlobalViewImage(generated)),
+        SamplingOptions(max_tokens=max_tokens),
+        image_required=True,
+    )
+    want = reference.generate(
+        list(prompt.ids), pictures, max_new_tokens=max_tokens, force_image_after=max_tokens - 66
+    )
+    return request, want
+
+
+def test_generated_image_in_assistant_history_matches_reference(
+    llm_engine: Any, engine_loop: Any, reference: Any
+) -> None:
+    """Multi-turn chat with a generated image sent back: tokens identical, and the next image's
+    rows (which attend to that picture) within tolerance. The generated image is the user's
+    own picture on purpose: as a user image it is 3 pictures, as history 1, so the two must not
+    share a vLLM cache entry."""
+    generated = noise_image(1344, 896, seed=21)
+    request, want = _history_case(llm_engine, reference, generated, 90)
+    got = engine_loop.run(collect(llm_engine, request))
+    _assert_same_images(got, want)
+    # Control: another picture in the history changes the answer's rows, so it was used.
+    other, _ = _history_case(llm_engine, reference, noise_image(700, 500, seed=22), 90)
+    changed = engine_loop.run(collect(llm_engine, other))
+    assert not torch.allclose(changed.images[0].query_hidden, got.images[0].query_hidden)
+
+
 def test_precomputed_embeddings_match_pixels(
     llm_engine: Any, engine_loop: Any, reference: Any
 ) -> None:

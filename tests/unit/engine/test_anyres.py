@@ -15,6 +15,7 @@ from engine.anyres import (
     clip_transform,
     parse_grid,
     preprocess_anyres,
+    preprocess_global_view,
     preprocess_reconstruction,
     select_best_resolution,
     select_best_resolution_v2,
@@ -104,6 +105,19 @@ def test_tiles_are_row_major_and_global_is_last() -> None:
         torch.testing.assert_close(out.pixels[k], _expected(colour), rtol=0, atol=0)
     global_view = clip_transform(image.resize((448, 448), Image.Resampling.BICUBIC))
     torch.testing.assert_close(out.pixels[4], global_view, rtol=0, atol=0)
+
+
+def test_global_view_alone_is_the_any_res_global_view() -> None:
+    """A generated image sent back in an assistant turn: one picture, the any-res global view
+    (BICUBIC 448x448, centre (0.5, 0.5)), bit for bit, whatever the image's size."""
+    rng = np.random.default_rng(1)
+    for size in ((500, 300), (1024, 1024), (448, 448)):
+        image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        full, alone = preprocess_anyres(image), preprocess_global_view(image)
+        assert alone.num_pictures == 1
+        assert (alone.grid, alone.original_size) == ((0, 0), size)
+        torch.testing.assert_close(alone.pixels[0], full.pixels[-1], rtol=0, atol=0)
+        torch.testing.assert_close(alone.centres, full.centres[-1:], rtol=0, atol=0)
 
 
 def test_stretch_and_global_view_use_bicubic() -> None:

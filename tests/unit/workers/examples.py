@@ -91,6 +91,18 @@ CHAT_JOB = ChatJob(
     ),
     allow_image_output=True,
 )
+CHAT_JOB_DEFAULTS = ChatJob(
+    job_id="job-0002",
+    request_id="req-0002",
+    model="seed-x-i",
+    deadline=1_900_000_060.5,
+    created_at=1_900_000_000.25,
+    reply_to=REPLY_TO,
+    messages=(ChatMessage(role="user", content=(TextPart(text="Hi"),)),),
+)
+"""Every optional field left to its default, so the golden pins what "unset" means on the wire:
+``sampling.temperature`` is null, the model's default (SEED-X: greedy, §5.5), not OpenAI's 1.0.
+It was 1.0 before issue 4; no v1 peer had shipped, so the default moved inside v1 (STYLE §2)."""
 IMAGE_GENERATE_JOB = ImageGenerateJob(
     **ENVELOPE, **DIFFUSION, model="seed-x-detok", kind="image.generate", embedding=EMBEDDING
 )
@@ -167,6 +179,7 @@ WORKER_INFO = WorkerInfo(
 
 JOBS: dict[str, BaseModel] = {
     "chat_job": CHAT_JOB,
+    "chat_job_defaults": CHAT_JOB_DEFAULTS,
     "image_generate_job": IMAGE_GENERATE_JOB,
     "image_edit_job": IMAGE_EDIT_JOB,
     "image_reconstruct_job": IMAGE_RECONSTRUCT_JOB,

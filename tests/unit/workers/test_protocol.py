@@ -11,7 +11,14 @@ from pydantic import BaseModel, ValidationError
 
 from tests.unit.workers import examples
 from workers import keys
-from workers.errors import InvalidMessage, UnsupportedSchema
+from workers.errors import (
+    WIRE_ERRORS,
+    InvalidMessage,
+    InvalidRequest,
+    ModelNotFound,
+    UnsupportedSchema,
+    error_for_code,
+)
 from workers.protocol import (
     JOB_ADAPTER,
     BlobRef,
@@ -22,6 +29,7 @@ from workers.protocol import (
     ErrorPayload,
     ImageGenerateJob,
     Reply,
+    SamplingParams,
     TextDelta,
     Undecodable,
     encode,
@@ -179,6 +187,43 @@ def test_error_payload_maps_back_to_the_error_class() -> None:
     assert (error.http_status, error.type) == (504, "server_error")
     unknown = ErrorPayload(code="engine_exploded", message="boom").to_error()
     assert (unknown.code, unknown.http_status, unknown.message) == ("worker_failed", 502, "boom")
+
+
+@pytest.mark.parametrize(
+    ("cls", "code", "status", "type_"),
+    [
+        (InvalidRequest, "invalid_request", 400, "invalid_request_error"),
+        (ModelNotFound, "model_not_found", 404, "invalid_request_error"),
+    ],
+)
+def test_client_errors_travel_as_themselves(
+    cls: type[Any], code: str, status: int, type_: str
+) -> None:
+    """A worker's invalid_request must reach the client as a 400 naming the field, not a 502."""
+    assert cls in WIRE_ERRORS
+    assert (cls.code, cls.http_status, cls.type) == (code, status, type_)
+    sent = ErrorPayload.from_error(cls("image is unreadable", param="messages"))
+    received = ErrorPayload.model_validate_json(sent.model_dump_json()).to_error()
+    assert type(received) is cls
+    assert (received.message, received.param) == ("image is unreadable", "messages")
+    assert type(error_for_code(code, "x")) is cls
+
+
+def test_wire_codes_are_unique() -> None:
+    codes = [cls.code for cls in WIRE_ERRORS]
+    assert len(codes) == len(set(codes))
+
+
+def test_unset_temperature_means_model_default() -> None:
+    """Omitted on the wire (or null): None, the model's default (SEED-X: greedy); explicit values
+    are kept as sent, 1.0 included (a client that asks for OpenAI's default gets it)."""
+    assert SamplingParams().temperature is None
+    assert SamplingParams.model_validate_json("{}").temperature is None
+    assert SamplingParams.model_validate_json('{"temperature": null}').temperature is None
+    for value in (0.0, 0.7, 1.0):
+        assert SamplingParams(temperature=value).temperature == value
+    with pytest.raises(ValidationError):
+        SamplingParams(temperature=2.5)
 
 
 def test_chat_job_defaults() -> None:

@@ -1,0 +1,146 @@
+"""A small process supervisor for ``seedx serve``: children started, watched, restarted, stopped.
+
+Each child is a ``seedx`` subcommand run with the same Python. Its output lines are prefixed with
+its name, so one terminal shows the whole stack. A child that exits on its own is restarted with
+exponential backoff (reset once it has stayed up for a while), so a crashed worker comes back
+without taking the others down. On SIGINT/SIGTERM every child gets SIGTERM (workers drain), then
+SIGKILL after the grace period; the supervisor never leaves orphans behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_START_S = 1.0
+BACKOFF_CAP_S = 30.0
+STABLE_AFTER_S = 60.0  # a child up this long gets its backoff reset
+
+
+@dataclass
+class ChildSpec:
+    """One supervised process: a name for its log prefix, argv and extra environment."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    backoff_s: float
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+
+
+class Supervisor:
+    """Runs children until stopped; ``ready`` is awaited once and announced."""
+
+    def __init__(
+        self,
+        specs: list[ChildSpec],
+        *,
+        grace_s: float = 30.0,
+        backoff_start_s: float = BACKOFF_START_S,
+        out: Callable[[str], None] | None = None,
+    ) -> None:
+        self.backoff_start_s = backoff_start_s
+        self.children = [_Child(spec, backoff_start_s) for spec in specs]
+        self.grace_s = grace_s
+        self.out = out or (lambda line: print(line, flush=True))
+        self._stopping = asyncio.Event()
+        width = max((len(spec.name) for spec in specs), default=0)
+        self._width = width
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, ready: Callable[[], Awaitable[None]] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
+        announcer = asyncio.create_task(ready()) if ready else None
+        try:
+            await self._stopping.wait()
+        finally:
+            if announcer is not None:
+                announcer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await announcer
+            await self._terminate_all()
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+        return 0
+
+    async def _spawn(self, child: _Child) -> asyncio.subprocess.Process:
+        env = {**os.environ, **child.spec.env, "PYTHONUNBUFFERED": "1"}
+        process = await asyncio.create_subprocess_exec(
+            *child.spec.argv,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+        )
+        child.process = process
+        return process
+
+    async def _pump(self, child: _Child, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        prefix = f"{child.spec.name:<{self._width}} | "
+        async for raw in process.stdout:
+            self.out(prefix + raw.decode(errors="replace").rstrip())
+
+    async def _watch(self, child: _Child) -> None:
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            process = await self._spawn(child)
+            await self._pump(child, process)
+            code = await process.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started > STABLE_AFTER_S:
+                child.backoff_s = self.backoff_start_s
+            child.restarts += 1
+            self.out(
+                f"{child.spec.name} exited with code {code}; restarting in "
+                f"{child.backoff_s:.0f} s (restart {child.restarts})"
+            )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), child.backoff_s)
+            child.backoff_s = min(child.backoff_s * 2, BACKOFF_CAP_S)
+
+    async def _terminate_all(self) -> None:
+        running = [
+            c.process
+            for c in self.children
+            if c.process is not None and c.process.returncode is None
+        ]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        for process in running:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(process.wait(), remaining)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+
+
+def seedx_argv(*args: str) -> list[str]:
+    """``seedx ARGS`` with this interpreter, so a venv without the script on PATH works too."""
+    return [sys.executable, "-m", "seedx.cli", *args]

@@ -1,0 +1,62 @@
+"""The ``seedx serve`` supervisor with real child processes (plain Python one-liners)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from seedx.supervisor import ChildSpec, Supervisor
+
+
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+async def _run_until(s: Supervisor, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    async def stopper() -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        s.stop()
+
+    await asyncio.gather(s.run(), stopper())
+
+
+async def test_output_is_prefixed_and_a_crashed_child_restarts() -> None:
+    lines: list[str] = []
+    specs = [
+        ChildSpec("crashy", _py("print('up', flush=True); raise SystemExit(3)")),
+        ChildSpec("steady", _py("import time; print('hello', flush=True); time.sleep(60)")),
+    ]
+    s = Supervisor(specs, grace_s=5, backoff_start_s=0.05, out=lines.append)
+    await _run_until(s, lambda: sum(line == "crashy | up" for line in lines) >= 2)
+    assert "steady | hello" in lines
+    assert any("crashy exited with code 3; restarting" in line for line in lines)
+    assert s.children[0].restarts >= 1
+    assert s.children[1].restarts == 0
+
+
+async def test_stop_terminates_children_and_escalates_to_kill(tmp_path: Path) -> None:
+    marker = tmp_path / "term"
+    graceful = _py(
+        "import signal, sys, time, pathlib\n"
+        f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(marker)!r}).write_text('x'),"
+        " sys.exit(0)))\nprint('ready', flush=True)\ntime.sleep(60)"
+    )
+    stubborn = _py(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\ntime.sleep(60)"
+    )
+    lines: list[str] = []
+    s = Supervisor(
+        [ChildSpec("a", graceful), ChildSpec("b", stubborn)], grace_s=1, out=lines.append
+    )
+    started = asyncio.get_running_loop().time()
+    await _run_until(s, lambda: sum(line.endswith("| ready") for line in lines) == 2)
+    assert marker.read_text() == "x"  # SIGTERM reached the graceful child
+    for child in s.children:
+        assert child.process is not None
+        assert child.process.returncode is not None  # nobody left behind
+    assert asyncio.get_running_loop().time() - started < 10
