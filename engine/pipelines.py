@@ -40,6 +40,8 @@ from engine.pipeline_inputs import (
     vae_pixels,
 )
 from engine.sampling import (
+    BatchResult,
+    BatchStepCallback,
     Conditioning,
     ParameterError,
     SamplingJob,
@@ -47,6 +49,7 @@ from engine.sampling import (
     StepCallback,
     resolve_seed,
     sample,
+    sample_batch,
 )
 from engine.schedulers import make_scheduler
 from engine.vit import QwenViT
@@ -160,6 +163,17 @@ class DetokenizerPipeline:
         options.validate()
         scheduler = make_scheduler(options.scheduler, self.scheduler_config)
         return sample(self.unet, scheduler, jobs, options, callback)
+
+    def sample_batch(
+        self,
+        jobs: Sequence[SamplingJob],
+        options: SamplingOptions,
+        on_step: BatchStepCallback | None = None,
+    ) -> BatchResult:
+        """``sample`` where ``on_step`` may drop jobs between steps (``engine.sampling``)."""
+        options.validate()
+        scheduler = make_scheduler(options.scheduler, self.scheduler_config)
+        return sample_batch(self.unet, scheduler, jobs, options, on_step)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:

@@ -6,7 +6,8 @@ guidance branches (rows) and all rows of all jobs go through the UNet together, 
 worker (issue 5) batches jobs through exactly this code. A job's initial noise is drawn from its
 own generator with its own ``[1, 4, h/8, w/8]`` shape and the schedulers are elementwise and
 noise-free inside ``step`` (``engine.schedulers``), so a seed gives the same image whatever batch
-it lands in, up to the UNet's batch-size-dependent kernel rounding.
+it lands in, up to the UNet's batch-size-dependent kernel rounding. ``sample_batch`` can also
+drop jobs between steps (the worker's in-batch cancellation); ``sample`` is it without drops.
 
 Guidance per job:
 * 4-channel UNet (first stage): rows ``[negative, positive]`` when ``guidance_scale > 1``
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,8 @@ from diffusers import UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from engine.schedulers import SCHEDULERS
+from engine.batch_rows import BatchRows
+from engine.schedulers import SCHEDULERS, select_scheduler_rows
 
 MAX_STEPS = 150
 MAX_SIDE = 4096
@@ -40,6 +42,9 @@ LATENT_CHANNELS = 4
 
 # callback(step_index, total_steps, latents [n_jobs, 4, h/8, w/8]) -> False to stop the batch.
 StepCallback = Callable[[int, int, torch.Tensor], "bool | None"]
+# on_step(step_index, total_steps, latents [k, 4, h/8, w/8], job_indices (k,)) -> the indices
+# (into the batch's ``jobs``) of jobs to drop before the next step; empty/None keeps them all.
+BatchStepCallback = Callable[[int, int, torch.Tensor, tuple[int, ...]], "Collection[int] | None"]
 
 
 class ParameterError(ValueError):
@@ -216,53 +221,45 @@ def initial_latents(
     return torch.cat(noise) * init_noise_sigma
 
 
-@dataclass(frozen=True)
-class _Rows:
-    """Every guidance row of a batch in UNet order; ``spans[j]`` are job j's rows."""
-
-    embeds: torch.Tensor
-    pooled: torch.Tensor
-    cond: torch.Tensor | None
-    gather: torch.Tensor  # row -> job index, to expand the per-job latents
-    spans: list[tuple[int, int]]
-
-
 def _stack_rows(
     jobs: Sequence[SamplingJob], conditioned: bool, device: torch.device, dtype: torch.dtype
-) -> _Rows:
-    spans: list[tuple[int, int]] = []
-    gather: list[int] = []
-    embeds, pooled, conds = [], [], []
-    for index, job in enumerate(jobs):
-        rows = _job_rows(job, conditioned)
-        spans.append((len(gather), len(gather) + len(rows)))
-        gather.extend([index] * len(rows))
-        for conditioning, cond in rows:
-            embeds.append(conditioning.prompt_embeds)
-            pooled.append(conditioning.pooled)
-            if cond is not None:
-                conds.append(cond)
-    return _Rows(
-        embeds=torch.cat(embeds).to(device, dtype),
-        pooled=torch.cat(pooled).to(device, dtype),
-        cond=torch.cat(conds).to(device, dtype) if conds else None,
-        gather=torch.tensor(gather, device=device),
-        spans=spans,
-    )
+) -> BatchRows:
+    per_job = [
+        [(c.prompt_embeds, c.pooled, cond) for c, cond in _job_rows(job, conditioned)]
+        for job in jobs
+    ]
+    return BatchRows.stack(per_job, device, dtype)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What ``sample_batch`` returns: final latents of the jobs that ran to the end.
+
+    ``latents[i]`` belongs to ``jobs[job_indices[i]]``; dropped jobs are absent.
+    """
+
+    latents: torch.Tensor
+    job_indices: tuple[int, ...]
 
 
 @torch.no_grad()
-def sample(
+def sample_batch(
     unet: UNet2DConditionModel,
     scheduler: SchedulerMixin,
     jobs: Sequence[SamplingJob],
     options: SamplingOptions,
-    callback: StepCallback | None = None,
-) -> torch.Tensor:
-    """Runs the denoising loop for ``jobs``; returns their final latents ``[n, 4, h/8, w/8]``.
+    on_step: BatchStepCallback | None = None,
+) -> BatchResult:
+    """Runs the denoising loop for ``jobs``; jobs can be dropped between steps.
 
-    ``scheduler`` must be a fresh instance (its state advances). ``callback`` runs after every
-    step with the batch latents; returning ``False`` raises ``SamplingCancelled``.
+    ``on_step`` runs after every step with the latents of the jobs still running and their
+    indices in ``jobs``; the indices it returns leave the batch before the next step, so a job
+    nobody waits for stops costing UNet work at once (issue 5: cancellation inside a batch).
+    The others continue unchanged: their noise, conditioning and guidance are per job and the
+    schedulers are elementwise (``engine.schedulers.select_scheduler_rows`` slices the history
+    of multistep ones), so their images equal a run without the dropped jobs up to the UNet's
+    batch-size-dependent rounding. When every job is dropped the loop ends at once.
+    ``scheduler`` must be a fresh instance (its state advances).
     """
     options.validate()
     latent_hw = (options.height // 8, options.width // 8)
@@ -270,10 +267,11 @@ def sample(
     device, dtype = unet.device, unet.dtype
     rows = _stack_rows(jobs, conditioned, device, dtype)
     ids = torch.tensor([time_ids(options.height, options.width)], device=device, dtype=dtype)
-    added = {"text_embeds": rows.pooled, "time_ids": ids.repeat(len(rows.gather), 1)}
+    added = {"text_embeds": rows.pooled, "time_ids": ids.repeat(len(rows), 1)}
 
     scheduler.set_timesteps(options.num_inference_steps, device=device)
     latents = initial_latents(jobs, latent_hw, device, dtype, scheduler.init_noise_sigma)
+    active = tuple(range(len(jobs)))
     timesteps = scheduler.timesteps
     for step, t in enumerate(timesteps):
         model_in = scheduler.scale_model_input(latents[rows.gather], t)
@@ -288,11 +286,39 @@ def sample(
         )[0]
         eps = torch.cat(
             [
-                _mix(job, eps_rows[a:b], conditioned)
-                for job, (a, b) in zip(jobs, rows.spans, strict=True)
+                _mix(jobs[j], eps_rows[a:b], conditioned)
+                for j, (a, b) in zip(active, rows.spans, strict=True)
             ]
         )
         latents = scheduler.step(eps, t, latents, return_dict=False)[0]
-        if callback is not None and callback(step, len(timesteps), latents) is False:
+        drop = on_step(step, len(timesteps), latents, active) if on_step is not None else None
+        if drop:
+            keep = [i for i, j in enumerate(active) if j not in drop]
+            active = tuple(active[i] for i in keep)
+            if not active:
+                break
+            rows = rows.select(keep)
+            added = {"text_embeds": rows.pooled, "time_ids": ids.repeat(len(rows), 1)}
+            latents = latents[keep]
+            select_scheduler_rows(scheduler, keep)
+    return BatchResult(latents if active else latents[:0], active)
+
+
+def sample(
+    unet: UNet2DConditionModel,
+    scheduler: SchedulerMixin,
+    jobs: Sequence[SamplingJob],
+    options: SamplingOptions,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Runs the denoising loop for ``jobs``; returns their final latents ``[n, 4, h/8, w/8]``.
+
+    ``scheduler`` must be a fresh instance (its state advances). ``callback`` runs after every
+    step with the batch latents; returning ``False`` raises ``SamplingCancelled``.
+    """
+
+    def on_step(step: int, total: int, latents: torch.Tensor, _: tuple[int, ...]) -> None:
+        if callback is not None and callback(step, total, latents) is False:
             raise SamplingCancelled(step)
-    return latents
+
+    return sample_batch(unet, scheduler, jobs, options, on_step).latents

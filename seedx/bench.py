@@ -7,7 +7,9 @@ import importlib
 BENCHES = {
     "query-rows": "engine.bench.query_rows",
     "transport": "workers.bench",
+    "gateway": "server.bench",
     "llm": "workers.llm.bench",
+    "diffusion": "workers.diffusion.bench",
 }
 
 

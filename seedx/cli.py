@@ -61,6 +61,32 @@ def _worker_llm(args: argparse.Namespace) -> int:
     return worker_main(args.model, redis_url=args.redis_url, capacity=args.capacity)
 
 
+def _worker_diffusion(args: argparse.Namespace) -> int:
+    from workers.diffusion.worker import main as worker_main
+
+    return worker_main(
+        args.model,
+        detokenizer=args.detokenizer,
+        redis_url=args.redis_url,
+        max_batch=args.max_batch,
+    )
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from server.main import main as gateway_main
+
+    return gateway_main(args.host, args.port, args.redis_url, args.log_level)
+
+
+def _add_gateway_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    gateway = sub.add_parser("gateway", help="the OpenAI-compatible HTTP gateway (no torch)")
+    gateway.add_argument("--host", default=None, help="default: SEEDX_GATEWAY_HOST or 127.0.0.1")
+    gateway.add_argument("--port", type=int, default=None, help="default: SEEDX_GATEWAY_PORT")
+    gateway.add_argument("--redis-url", default=None, help="default: SEEDX_GATEWAY_REDIS__URL")
+    gateway.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    gateway.set_defaults(handler=_gateway)
+
+
 def _add_worker_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     worker = sub.add_parser("worker", help="run one worker process")
     kinds = worker.add_subparsers(dest="kind", required=True)
@@ -69,6 +95,19 @@ def _add_worker_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
     llm.add_argument("--redis-url", default=None, help="default: SEEDX_LLM_REDIS__URL")
     llm.add_argument("--capacity", type=int, default=None, help="jobs run at once")
     llm.set_defaults(handler=_worker_llm)
+    diffusion = kinds.add_parser(
+        "diffusion", help="the diffusion worker: the SEED-X de-tokenizer, jobs from Redis"
+    )
+    diffusion.add_argument("--model", required=True, help="serving root (`seedx convert`)")
+    diffusion.add_argument(
+        "--detokenizer",
+        choices=["first_stage", "second_stage"],
+        default=None,
+        help="default: SEEDX_DIFFUSION_DETOKENIZER or first_stage",
+    )
+    diffusion.add_argument("--redis-url", default=None, help="default: SEEDX_DIFFUSION_REDIS__URL")
+    diffusion.add_argument("--max-batch", type=int, default=None, help="images per UNet batch")
+    diffusion.set_defaults(handler=_worker_diffusion)
 
 
 def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -148,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["run"].set_defaults(handler=_run)
 
     _add_worker_parsers(sub)
+    _add_gateway_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (query-rows, transport, ...)")
     bench.add_argument("name")

@@ -141,6 +141,16 @@ class BlobCorrupt(TransportError):
     code = "blob_corrupt"
 
 
+class OutOfMemory(TransportError):
+    """The job did not fit in device memory even alone (workers split batches before this).
+
+    503, not 400: the request is valid and a larger or idler device would run it.
+    """
+
+    code = "out_of_memory"
+    http_status = 503
+
+
 WIRE_ERRORS: tuple[type[TransportError], ...] = (
     InvalidRequest,
     ModelNotFound,
@@ -154,6 +164,7 @@ WIRE_ERRORS: tuple[type[TransportError], ...] = (
     Cancelled,
     BlobMissing,
     BlobCorrupt,
+    OutOfMemory,
 )
 """The errors that travel in ``Failed`` events, by code (add new wire errors here)."""
 

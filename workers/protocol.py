@@ -210,7 +210,7 @@ class _DiffusionJob(_JobEnvelope):
     steps: int = Field(default=50, ge=1, le=500)
     guidance_scale: float = Field(default=7.5, ge=0, le=50)
     seed: int | None = None
-    scheduler: str = Field(default="euler", pattern=r"^[a-z0-9_]{1,64}$")
+    scheduler: str = Field(default="euler", pattern=r"^[a-z0-9_+]{1,64}$")  # "dpmsolver++"
     output_format: ImageFormat = "png"
     output_compression: int | None = Field(default=None, ge=0, le=100)
     partial_images: int = Field(default=0, ge=0, le=3)
