@@ -28,6 +28,7 @@ from tqdm import tqdm
 from engine.agent import SeedXAgent
 from engine.arch import SeedXArch
 from engine.checkpoint import layout
+from engine.checkpoint.diffusers_weights import load_pickle
 from engine.checkpoint.errors import CheckpointError
 from engine.checkpoint.safetensors_io import save_shard, shard_name, write_index
 from engine.vit import QwenViT
@@ -37,15 +38,6 @@ logger = logging.getLogger(__name__)
 SERVING_ARCHITECTURE = "SeedXForCausalLM"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # transformers-4.30 buffers (§6.2)
-
-
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"missing file: {path}")
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)  # type: ignore[no-any-return]
-    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-        return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
 
 
 def find_llm_config(model_dir: Path) -> Path:
@@ -162,15 +154,15 @@ def convert_llm(
     bar = tqdm(total=len(shards) + 2, desc=f"convert {model}", unit="shard", disable=not progress)
     writer = _ShardWriter(out_dir, shapes, DTYPES[dtype], len(shards) + 2, bar)
     for shard in shards:
-        state = _load_pickle(shard)
+        state = load_pickle(shard)
         writer.write(
             shard, ((k, v) for k, v in sorted(state.items()) if not k.endswith(IGNORED_SUFFIXES))
         )
         del state
     vit_file = src / layout.VIT_FILE
-    writer.write(vit_file, ((f"vit.{k}", v) for k, v in sorted(_load_pickle(vit_file).items())))
+    writer.write(vit_file, ((f"vit.{k}", v) for k, v in sorted(load_pickle(vit_file).items())))
     agent_file = model_dir / layout.AGENT_FILE
-    agent_state = _load_pickle(agent_file)
+    agent_state = load_pickle(agent_file)
     if any(k.startswith("llm.") for k in agent_state):
         raise CheckpointError(
             f"{agent_file}: holds LLM weights (llm.*): fine-tuned LoRA agents are not supported; "
