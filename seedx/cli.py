@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["run"].set_defaults(handler=_run)
 
     _add_worker_parsers(sub)
+
+    from seedx.serve import add_parser as add_serve_parser  # argparse only; imports stay lazy
+
+    add_serve_parser(sub)
     _add_gateway_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (query-rows, transport, ...)")

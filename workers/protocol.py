@@ -198,6 +198,14 @@ class ChatJob(_JobEnvelope):
     allow_image_output: bool = Field(
         default=False, description="Whether the model may emit images (visual embeddings)."
     )
+    require_image: bool = Field(
+        default=False,
+        description=(
+            "The answer must hold an image: if the model has not opened one while a whole image "
+            "block still fits in max_tokens, <img> is forced (needs allow_image_output). Tasks "
+            "generate and edit always require one."
+        ),
+    )
 
 
 class _DiffusionJob(_JobEnvelope):

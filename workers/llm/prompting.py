@@ -121,4 +121,6 @@ def _chat(
     except ValueError as exc:
         raise BadRequest(str(exc), "messages") from None
     size = ordered[0].size if ordered else None
-    return PreparedPrompt(build_prompt(tokenizer, template).ids, tuple(ordered), False, size)
+    return PreparedPrompt(
+        build_prompt(tokenizer, template).ids, tuple(ordered), job.require_image, size
+    )

@@ -90,6 +90,7 @@ CHAT_JOB = ChatJob(
         temperature=0.7, top_p=0.9, max_tokens=256, stop=("</s>",), seed=7, n=2
     ),
     allow_image_output=True,
+    require_image=True,
 )
 CHAT_JOB_DEFAULTS = ChatJob(
     job_id="job-0002",

@@ -1,0 +1,107 @@
+"""``create_app(settings)``: the gateway's FastAPI application.
+
+The lifespan starts the backend (the Redis transport's single reply-reader task for this
+process) and, on shutdown, waits for pending request cleanups (job cancellations, blob
+releases) before closing it. Middleware, outermost first: metrics (sees every answer, 401 and
+413 included), CORS (when origins are configured), API keys (before any body is read), the body
+limit (while the body is read).
+
+Tests pass their own ``backend`` (a fake implementing :class:`server.backend.Backend`); the
+process passes none and gets :class:`~server.backend.RedisBackend` on ``settings.redis``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from server.auth import HEALTH_PATHS, APIKeyMiddleware, KeyChecker
+from server.backend import Backend, RedisBackend
+from server.chat.router import router as chat_router
+from server.errors import install_error_handlers
+from server.health import router as health_router
+from server.images.router import router as images_router
+from server.limits import BodyLimitMiddleware
+from server.metrics import MetricsMiddleware
+from server.models.router import router as models_router
+from server.playground import mount_playground, playground_paths
+from server.settings import GatewaySettings
+from server.state import Gateway
+
+API_VERSION = "1"
+
+
+def create_app(settings: GatewaySettings, backend: Backend | None = None) -> FastAPI:
+    """The gateway app; ``backend`` defaults to the Redis transport of ``settings``."""
+    backend = backend or RedisBackend.connect(settings.redis, settings.queue)
+    gateway = Gateway.build(settings, backend)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await backend.start()
+        try:
+            yield
+        finally:
+            await gateway.dispatcher.drain()
+            await backend.close()
+
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="SEED-X gateway",
+        summary="OpenAI-compatible API for SEED-X: chat with images in and out, image "
+        "generation, editing and variations.",
+        version=API_VERSION,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.gateway = gateway
+    install_error_handlers(app, settings.admission.retry_after_s)
+    for router in (chat_router, images_router, models_router, health_router):
+        app.include_router(router)
+
+    open_paths = HEALTH_PATHS | ({"/metrics"} if settings.public_metrics else set())
+    if settings.playground_enabled:
+        mount_playground(app)
+        open_paths |= playground_paths()
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        APIKeyMiddleware, checker=KeyChecker(settings.load_api_keys()), open_paths=open_paths
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(MetricsMiddleware)
+    _document_security(app)
+    return app
+
+
+def _document_security(app: FastAPI) -> None:
+    """Declare the Bearer scheme in the OpenAPI document (schema tools then send the key)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearerAuth": {"type": "http", "scheme": "bearer"}
+            }
+            for path, operations in schema.get("paths", {}).items():
+                if path in HEALTH_PATHS:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearerAuth": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

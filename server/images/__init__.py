@@ -1,0 +1,1 @@
+"""The images API: generations, edits, variations, and content for URL responses."""

@@ -1,0 +1,1 @@
+"""Input images: data URLs, guarded URL fetching, and format/size/integrity checks."""

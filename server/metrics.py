@@ -1,0 +1,108 @@
+"""Prometheus metrics of the gateway (``seedx_gateway_*``) and the middleware that records them.
+
+Labels are bounded: ``route`` is the matched route *template* (``/v1/images/{image_id}/content``,
+or ``other`` for unmatched paths), ``status`` the HTTP status, ``stage`` llm|diffusion, ``reason``
+a fixed set. Collectors are module globals registered once in the default registry, so several
+apps in one test process share them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+RejectReason = Literal["overloaded", "unavailable", "model_not_found", "too_large", "auth"]
+
+REQUESTS = Counter(
+    "seedx_gateway_requests_total",
+    "HTTP requests answered, by route and status.",
+    ["route", "status"],
+)
+LATENCY = Histogram(
+    "seedx_gateway_request_seconds",
+    "Time from request to the last byte of the response (streams included).",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+TTFT = Histogram(
+    "seedx_gateway_time_to_first_token_seconds",
+    "Time from a chat request to its first generated text (or image) reaching the client.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUEUE_WAIT = Histogram(
+    "seedx_gateway_queue_wait_seconds",
+    "Time a job waited in its queue before a worker started it, as the worker reported.",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+IN_FLIGHT = Gauge("seedx_gateway_in_flight_requests", "HTTP requests being answered now.")
+REJECTIONS = Counter(
+    "seedx_gateway_rejections_total",
+    "Requests refused before any work was queued, by reason.",
+    ["route", "reason"],
+)
+IMAGES_DECODED = Counter(
+    "seedx_gateway_images_decoded_total",
+    "Input images fully decoded by the gateway (admission happens before this).",
+)
+JOBS_CANCELLED = Counter(
+    "seedx_gateway_jobs_cancelled_total",
+    "Jobs the gateway cancelled because the client left or the request failed.",
+    ["stage"],
+)
+
+
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def reject(scope: Scope, reason: RejectReason) -> None:
+    """Count a request refused before any work was queued."""
+    REJECTIONS.labels(route_of(scope), reason).inc()
+
+
+def route_of(scope: Scope) -> str:
+    """The route template of a request, or ``other`` (bounded label values)."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "other"
+
+
+class MetricsMiddleware:
+    """Counts requests and measures latency until the response body is complete."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            IN_FLIGHT.dec()
+            route = route_of(scope)
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(route, str(status)).inc()
+            LATENCY.labels(route).observe(elapsed)
+            if route not in _QUIET_ROUTES:
+                logger.info(
+                    "%s %s -> %d in %.1f ms", scope["method"], route, status, elapsed * 1000
+                )

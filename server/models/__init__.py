@@ -1,0 +1,1 @@
+"""``GET /v1/models``: the models live workers serve."""

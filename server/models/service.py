@@ -1,0 +1,24 @@
+"""The model list, from live worker heartbeats (a model with no live worker is not listed)."""
+
+from __future__ import annotations
+
+from server.admission import ModelDirectory
+from server.models.schema import ModelCard, ModelList
+from workers.protocol import WorkerInfo
+
+
+async def list_models(directory: ModelDirectory) -> ModelList:
+    """One card per (model, stage) that some live worker serves, sorted by id."""
+    groups: dict[tuple[str, str], list[WorkerInfo]] = {}
+    for worker in await directory.workers():
+        groups.setdefault((worker.model, worker.stage), []).append(worker)
+    cards = [
+        ModelCard(
+            id=model,
+            created=int(min(w.started_at for w in workers)),
+            stage=workers[0].stage,
+            workers=len(workers),
+        )
+        for (model, _), workers in sorted(groups.items())
+    ]
+    return ModelList(data=cards)

@@ -1,0 +1,218 @@
+"""The gateway's orchestration: an LLM job, and one diffusion job per image it emits, merged
+into a single ordered-by-arrival stream of results (DESIGN.md, "the gateway orchestrates").
+
+:func:`start_pipeline` submits the LLM job; every ``EmbeddingReady`` starts a diffusion job built
+by the caller's :data:`ImageJobFactory` while the LLM keeps streaming, so text is never held
+back behind an image. Callers see :class:`Output` values: text and boxes as the LLM produces
+them, each image (and its partial previews) as its diffusion job delivers it, then one
+:class:`Finished` with usage and finish reasons once every job is done. Variations have no LLM
+half: :func:`start_images` runs diffusion jobs only.
+
+Failure of any job ends the whole stream with that job's error; leaving the iteration early
+(client gone) or failing cancels the producers, and the :class:`RequestScope` cancels their
+jobs in the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from server.dispatch import RequestScope
+from workers.protocol import (
+    Box,
+    Boxes,
+    ChatJob,
+    Done,
+    EmbeddingReady,
+    FinishReason,
+    ImageEditJob,
+    ImageGenerateJob,
+    ImageReady,
+    ImageReconstructJob,
+    PartialImage,
+    Reply,
+    TextDelta,
+    Usage,
+)
+
+DiffusionJob = ImageGenerateJob | ImageEditJob | ImageReconstructJob
+ImageJobFactory = Callable[[EmbeddingReady], list[tuple[int, DiffusionJob]]]
+"""The diffusion jobs for one visual embedding, each with the image index it produces."""
+
+
+@dataclass(frozen=True)
+class Text:
+    choice: int
+    text: str
+
+
+@dataclass(frozen=True)
+class BoxesFound:
+    choice: int
+    boxes: tuple[Box, ...]
+
+
+@dataclass(frozen=True)
+class Image:
+    """A finished image; ``index`` counts the images of ``choice`` in order of the LLM's output."""
+
+    choice: int
+    index: int
+    data: bytes
+    output_format: str
+    width: int
+    height: int
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Partial:
+    choice: int
+    index: int
+    partial_index: int
+    data: bytes
+    output_format: str
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """The LLM job's token counts, as soon as it reports them (before its images finish)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Finished:
+    """Totals of the request, the last output."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = 0
+    finish_reasons: tuple[FinishReason, ...] = ()
+
+
+Output = Text | BoxesFound | Image | Partial | TokenUsage | Finished
+
+
+@dataclass
+class _Merge:
+    """Producers feeding one queue; the consumer ends when all are done or one fails."""
+
+    queue: asyncio.Queue[Output | BaseException | None] = field(default_factory=asyncio.Queue)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    active: int = 0
+
+    def spawn(self, produce: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.active += 1
+
+        async def run() -> None:
+            try:
+                await produce()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self.queue.put_nowait(exc)
+            finally:
+                self.queue.put_nowait(None)
+
+        self.tasks.add(asyncio.get_running_loop().create_task(run()))
+
+    async def outputs(self) -> AsyncIterator[Output]:
+        try:
+            while self.active:
+                item = await self.queue.get()
+                if item is None:
+                    self.active -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            if self.tasks:
+                await asyncio.wait(self.tasks)
+
+
+async def _diffusion(
+    scope: RequestScope,
+    events: AsyncIterator[Reply],
+    output_format: str,
+    choice: int,
+    index: int,
+    merge: _Merge,
+) -> None:
+    async for reply in events:
+        event = reply.event
+        if isinstance(event, PartialImage):
+            data = await scope.read_blob(event.image)
+            merge.queue.put_nowait(Partial(choice, index, event.partial_index, data, output_format))
+        elif isinstance(event, ImageReady):
+            data = await scope.read_blob(event.image)
+            merge.queue.put_nowait(
+                Image(
+                    choice, index, data, event.output_format, event.width, event.height, event.seed
+                )
+            )
+
+
+async def _submit_and_run(
+    scope: RequestScope, job: DiffusionJob, choice: int, index: int, merge: _Merge
+) -> None:
+    events = await scope.submit(job, owns_blobs=True)
+    await _diffusion(scope, events, job.output_format, choice, index, merge)
+
+
+async def _drain(merge: _Merge, totals: Finished) -> AsyncIterator[Output]:
+    async for output in merge.outputs():
+        if isinstance(output, Image):
+            totals.images += 1
+        yield output
+    yield totals
+
+
+async def start_pipeline(
+    scope: RequestScope, llm_job: ChatJob, image_job: ImageJobFactory | None
+) -> AsyncIterator[Output]:
+    """Submit the LLM job now; the returned iterator runs it and the images it emits.
+
+    ``image_job`` None: images are not wanted and no diffusion job starts.
+    """
+    merge = _Merge()
+    totals = Finished()
+    events = await scope.submit(llm_job, owns_blobs=llm_job.allow_image_output)
+
+    async def llm() -> None:
+        async for reply in events:
+            event = reply.event
+            if isinstance(event, TextDelta):
+                merge.queue.put_nowait(Text(event.choice, event.text))
+            elif isinstance(event, Boxes):
+                merge.queue.put_nowait(BoxesFound(event.choice, event.boxes))
+            elif isinstance(event, EmbeddingReady) and image_job is not None:
+                for index, job in image_job(event):
+                    merge.spawn(partial(_submit_and_run, scope, job, event.choice, index, merge))
+            elif isinstance(event, Usage):
+                totals.prompt_tokens += event.prompt_tokens
+                totals.completion_tokens += event.completion_tokens
+                merge.queue.put_nowait(TokenUsage(totals.prompt_tokens, totals.completion_tokens))
+            elif isinstance(event, Done):
+                totals.finish_reasons = event.finish_reasons
+
+    merge.spawn(llm)
+    return _drain(merge, totals)
+
+
+async def start_images(scope: RequestScope, jobs: Sequence[DiffusionJob]) -> AsyncIterator[Output]:
+    """Submit diffusion jobs now (variations: no LLM); image ``i`` is job ``i``'s, choice 0."""
+    merge = _Merge()
+    totals = Finished(finish_reasons=("stop",))
+    for index, job in enumerate(jobs):
+        events = await scope.submit(job, owns_blobs=True)
+        merge.spawn(partial(_diffusion, scope, events, job.output_format, 0, index, merge))
+    return _drain(merge, totals)

@@ -1,0 +1,260 @@
+"""helm lint and template for every value set; each rendered manifest validates against the
+Kubernetes schemas; the wiring details the issue asks for are present."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.deploy.conftest import (
+    CHART,
+    RELEASE,
+    ROOT,
+    TEST_KEY,
+    VALUE_SETS,
+    find,
+    helm_template,
+    workloads,
+)
+
+K8S_VERSIONS = ("1.29.0", "1.33.0")
+# Custom resources (KEDA, prometheus-operator) have no schema in kubernetes-validate: their
+# shape is asserted below instead.
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+P = f"{RELEASE}-seedx"
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_helm_lint(helm: str, name: str) -> None:
+    files, sets = VALUE_SETS[name]
+    command = [helm, "lint", str(CHART), "--strict"]
+    for f in files:
+        command += ["-f", str(f)]
+    for s in sets:
+        command += ["--set", s]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_manifests_validate_against_kubernetes_schemas(
+    rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    docs = rendered[name]
+    assert docs
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = f"{doc['kind']}/{doc['metadata']['name']} (k8s {version})"
+                pytest.fail(f"{where}: {exc.message} at {list(exc.path)}")
+
+
+def test_schema_is_generated_from_the_settings_classes() -> None:
+    result = subprocess.run(
+        ["python", str(ROOT / "scripts" / "gen_helm_schema.py"), "--check"],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "gateway.settings.chat_timeout=5",
+            "chat_timeout",
+        ),  # misspelt: the field is chat_timeout_s
+        ("llm.settings.capacity=0", "capacity"),  # ge=1 in LLMWorkerSettings
+        ("diffusion.settings.dtype=fp8", "dtype"),  # not one of the Literal's values
+        ("transport.redis.url=redis://x", "url"),  # the chart owns the URL (a Secret)
+    ],
+)
+def test_schema_refuses_what_the_settings_class_would(
+    helm: str, setting: str, message: str
+) -> None:
+    result = helm_template(helm, sets=[f"apiKeys.keys={{{TEST_KEY}}}", setting], check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_no_api_keys_is_refused(helm: str) -> None:
+    result = helm_template(helm, check=False)
+    assert result.returncode != 0
+    assert "apiKeys" in result.stderr
+
+
+def _kinds(docs: list[dict[str, Any]]) -> set[str]:
+    return {d["kind"] for d in docs}
+
+
+def test_defaults_render_every_stage_with_gpus_and_probes(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["defaults"]
+    expected = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    expected |= {"StatefulSet", "NetworkPolicy", "Secret", "PersistentVolumeClaim"}
+    assert expected <= _kinds(docs)
+    llm = find(docs, "Deployment", f"{P}-llm-seed-x-i")["spec"]["template"]["spec"]
+    container = llm["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in llm[
+        "tolerations"
+    ]
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800  # long model loads
+    diffusion = find(docs, "Deployment", f"{P}-diffusion-first-stage")["spec"]["template"]
+    assert diffusion["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    gateway = find(docs, "Deployment", f"{P}-gateway")["spec"]["template"]["spec"]
+    assert gateway["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "nvidia.com/gpu" not in str(gateway)
+
+
+def test_graceful_shutdown_outlasts_the_drain(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["defaults"]
+    for workload in workloads(docs):
+        spec = workload["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for c in spec["containers"] for e in c.get("env", [])}
+        for key, value in env.items():  # the worker loop's drain (workers/worker.py)
+            if key in (
+                "SEEDX_LLM_QUEUE__SHUTDOWN_GRACE_S",
+                "SEEDX_DIFFUSION_QUEUE__SHUTDOWN_GRACE_S",
+            ):
+                assert spec["terminationGracePeriodSeconds"] > float(value), workload["metadata"]
+    gateway = find(docs, "Deployment", f"{P}-gateway")["spec"]["template"]["spec"]
+    pre_stop = gateway["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert gateway["terminationGracePeriodSeconds"] > int(pre_stop[-1]) + 30  # + uvicorn's 30 s
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_every_pod_runs_as_non_root_with_a_read_only_root(
+    rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    for workload in workloads(rendered[name]):
+        spec = workload["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["automountServiceAccountToken"] is False
+        for container in spec["containers"] + spec.get("initContainers", []):
+            ctx = container["securityContext"]
+            assert ctx["readOnlyRootFilesystem"] is True
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"]["drop"] == ["ALL"]
+
+
+def test_tiny_demo_has_no_gpu_and_builds_its_checkpoint(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["tiny-demo"]
+    assert "nvidia.com/gpu" not in str(docs)
+    assert "PersistentVolumeClaim" not in _kinds(docs)
+    llm = find(docs, "Deployment", f"{P}-llm-seed-x-i")["spec"]["template"]["spec"]
+    init = [c["command"][:2] for c in llm["initContainers"]]
+    assert init == [["seedx", "make-tiny"], ["seedx", "convert"]]
+    assert llm["containers"][0]["image"].endswith("-cpu")
+
+
+def test_external_redis_uses_the_existing_secrets(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["external-redis"]
+    assert "StatefulSet" not in _kinds(docs)
+    names = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    assert names == {f"{P}-redis"}  # api keys and signing key come from the user's Secrets
+    for workload in workloads(docs):
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            refs = [e for e in container["env"] if e["name"].endswith("_REDIS__URL")]
+            assert refs[0]["valueFrom"]["secretKeyRef"]["name"] == f"{P}-redis"
+    egress = find(docs, "NetworkPolicy", f"{P}-redis-clients")["spec"]["egress"]
+    assert egress == [{"ports": [{"port": 6380, "protocol": "TCP"}],
+                       "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]}]  # fmt: skip
+
+
+def test_keda_scales_each_stage_on_its_own_stream(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["keda"]
+    scaled = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "ScaledObject"}
+    assert set(scaled) == {
+        f"{P}-llm-seed-x-i", f"{P}-llm-seed-x-edit",
+        f"{P}-diffusion-first-stage", f"{P}-diffusion-second-stage",
+    }  # fmt: skip
+    for name, spec in scaled.items():
+        assert spec["scaleTargetRef"]["name"] == name
+        find(docs, "Deployment", name)  # the target exists
+        assert "replicas" not in find(docs, "Deployment", name)["spec"]  # KEDA owns replicas
+        trigger = spec["triggers"][0]
+        assert trigger["type"] == "redis-streams"
+        assert trigger["metadata"]["consumerGroup"] == "workers"  # workers.keys.WORKER_GROUP
+        assert trigger["metadata"]["address"] == f"{P}-redis.seedx.svc:6379"
+    streams = {n: s["triggers"][0]["metadata"]["stream"] for n, s in scaled.items()}
+    assert streams[f"{P}-llm-seed-x-edit"] == "seedx:jobs:llm:seed-x-edit"
+    assert streams[f"{P}-diffusion-second-stage"] == "seedx:jobs:diffusion:second_stage"
+    assert scaled[f"{P}-diffusion-first-stage"]["minReplicaCount"] == 0  # scale to zero
+    redis_policy = find(docs, "NetworkPolicy", f"{P}-redis")["spec"]["ingress"][0]["from"]
+    assert len(redis_policy) == 2  # the release's Redis clients and the KEDA operator
+
+
+def test_stream_names_match_the_transport() -> None:
+    from workers import keys
+
+    assert keys.job_stream("llm", "seed-x-i") == "seedx:jobs:llm:seed-x-i"
+    assert keys.WORKER_GROUP == "workers"
+
+
+def test_monitoring_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    import json
+
+    docs = rendered["keda"]
+    monitor = find(docs, "ServiceMonitor", f"{P}")["spec"]
+    assert {e["port"] for e in monitor["endpoints"]} == {"http", "metrics"}
+    selected = [d for d in docs if d["kind"] == "Service"
+                and d["metadata"]["labels"].get("seedx.io/metrics") == "true"]  # fmt: skip
+    assert len(selected) == 3  # gateway, llm, diffusion
+    rules = find(docs, "PrometheusRule", f"{P}")["spec"]["groups"][0]["rules"]
+    alerts = {r["alert"] for r in rules}
+    assert {"SeedxQueueLagHigh", "SeedxErrorRateHigh", "SeedxNoLiveLLMWorkers",
+            "SeedxNoLiveDiffusionWorkers"} <= alerts  # fmt: skip
+    assert "{{ $labels.stage }}" in str(rules)  # Prometheus templates survive Helm
+    dashboard = find(docs, "ConfigMap", f"{P}-dashboard")
+    panels = json.loads(dashboard["data"]["seedx.json"])["panels"]
+    assert len([p for p in panels if p["type"] == "timeseries"]) >= 12
+
+
+def test_network_policy_exposes_only_the_gateway(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["defaults"]
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    deny = policies[f"{P}-default-deny"]
+    assert deny["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in deny
+    gateway = policies[f"{P}-gateway"]["ingress"]
+    assert gateway == [{"ports": [{"port": "http", "protocol": "TCP"}]}]  # from anywhere
+    workers = policies[f"{P}-workers"]["ingress"]
+    assert all(rule.get("from") for rule in workers)  # only the metrics scrapers
+    redis_egress = policies[f"{P}-redis-clients"]["egress"]
+    assert redis_egress[0]["ports"] == [{"port": 6379, "protocol": "TCP"}]
+
+
+def test_convert_job_runs_once_before_the_workers(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    job = find(rendered["keda"], "Job", f"{P}-convert")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:4] == ["seedx", "convert", "/models/SEED-X-17B", "/models/serving"]
+    assert command.count("--model") == 2
+    assert "float16" in command
+
+
+def test_values_files_exist() -> None:
+    for files, _ in VALUE_SETS.values():
+        for f in files:
+            assert Path(f).is_file()
