@@ -113,8 +113,9 @@ class DiffusionWorkerSettings(BaseSettings):
 
     # --- process ---------------------------------------------------------------------------------
     metrics_port: int | None = Field(
-        default=None, ge=0, le=65535, description="Serve Prometheus /metrics on this port."
+        default=None, ge=0, le=65535, description="Port of /metrics and /healthz; unset: off."
     )
+    metrics_host: str = Field(default="0.0.0.0", description="Address /metrics listens on.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Level of the worker's own log lines (job lifecycle: info)."
     )

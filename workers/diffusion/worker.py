@@ -29,6 +29,7 @@ from workers.diffusion.requests import RequestLimits
 from workers.diffusion.runner import BatchRunner
 from workers.diffusion.settings import DiffusionWorkerSettings
 from workers.logcontext import JobContextFilter
+from workers.metrics_http import LoopBeat, start_metrics_server
 from workers.settings import RedisSettings
 
 logger = logging.getLogger(__name__)
@@ -117,10 +118,13 @@ async def serve(settings: DiffusionWorkerSettings) -> None:
     pipeline = await asyncio.to_thread(load_pipeline, settings)
     if settings.warmup:
         await asyncio.to_thread(BatchRunner(pipeline).warmup)
-    if settings.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port)
+    beat = LoopBeat()
+    beat.start()
+    server = (
+        start_metrics_server(settings.metrics_port, settings.metrics_host, beat.alive)
+        if settings.metrics_port is not None
+        else None
+    )
     redis = create_redis(settings.redis)
     try:
         async with diffusion_service(pipeline, settings) as service:
@@ -138,6 +142,9 @@ async def serve(settings: DiffusionWorkerSettings) -> None:
             await worker.run()
     finally:
         await redis.aclose()
+        await beat.stop()
+        if server is not None:
+            server.shutdown()
 
 
 def configure_logging(level: str) -> None:

@@ -21,15 +21,12 @@ The worker process serves the default registry with :func:`start_metrics_server`
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client import Counter, Gauge, Histogram
 
 logger = logging.getLogger(__name__)
 
@@ -175,36 +172,3 @@ class SchedulerStatsLogger:
 
     def record_sleep_state(self, is_awake: int, level: int) -> None:
         """Sleep mode is not used."""
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # the base class names it so
-        """Scrapes every few seconds would flood the log; stay quiet."""
-
-
-Liveness = Callable[[], bool]
-
-
-def metrics_app(alive: Liveness) -> Callable[..., Iterable[bytes]]:
-    """WSGI app: ``/healthz`` answers 200 while ``alive()`` (else 503), anything else metrics."""
-    metrics = make_wsgi_app(REGISTRY)
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/healthz":
-            ok = alive()
-            status = "200 OK" if ok else "503 Service Unavailable"
-            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"ok\n" if ok else b"engine is dead\n"]
-        return metrics(environ, start_response)  # type: ignore[no-any-return]
-
-    return app
-
-
-def start_metrics_server(port: int, host: str, alive: Liveness) -> WSGIServer:
-    """Serves :func:`metrics_app` on ``host:port`` from a daemon thread; returns the server
-    (``shutdown()`` it to stop). Port 0 in tests picks a free port (``server.server_port``)."""
-    server = make_server(host, port, metrics_app(alive), ThreadingWSGIServer, _QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
-    thread.start()
-    logger.info("metrics on http://%s:%d/metrics (liveness /healthz)", host, server.server_port)
-    return server

@@ -60,7 +60,8 @@ async def serve(settings: LLMWorkerSettings) -> None:
     from workers.connection import create_redis
     from workers.llm.engine import EngineConfig, SeedXLLMEngine
     from workers.llm.handler import LLMJobHandler
-    from workers.llm.metrics import LLMMetrics, SchedulerStatsLogger, start_metrics_server
+    from workers.llm.metrics import LLMMetrics, SchedulerStatsLogger
+    from workers.metrics_http import start_metrics_server
     from workers.worker import Worker
 
     folder = resolve_llm_folder(settings.model)

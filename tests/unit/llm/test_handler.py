@@ -6,6 +6,7 @@ in-memory blob store stand in for vLLM and Redis; the tokenizer and prompt build
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,8 @@ from workers.errors import InvalidRequest
 from workers.handler import JobContext
 from workers.llm import types as llm
 from workers.llm.handler import LLMJobHandler, sampling_options
-from workers.llm.metrics import LLMMetrics, SchedulerStatsLogger, metrics_app
+from workers.llm.metrics import LLMMetrics, SchedulerStatsLogger
+from workers.metrics_http import LoopBeat, metrics_app
 
 RULES = ImageRules(("1x1", "1x2", "1x3", "2x1", "3x1", "1x4", "4x1", "2x2"), 448)
 
@@ -287,3 +289,13 @@ def test_settings_metrics_port_default_and_off(tmp_path: Path) -> None:
 
     assert LLMWorkerSettings(model=tmp_path).metrics_port == 9101
     assert LLMWorkerSettings(model=tmp_path, metrics_port=0).metrics_port == 0
+
+
+async def test_loop_beat_goes_stale_when_the_loop_stops_beating() -> None:
+    beat = LoopBeat(interval_s=0.01, stale_s=0.05)
+    beat.start()
+    await asyncio.sleep(0.03)
+    assert beat.alive()
+    await beat.stop()
+    await asyncio.sleep(0.08)
+    assert not beat.alive()
