@@ -91,14 +91,16 @@ def _add_worker_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
     worker = sub.add_parser("worker", help="run one worker process")
     kinds = worker.add_subparsers(dest="kind", required=True)
     llm = kinds.add_parser("llm", help="the LLM worker: SEED-X in vLLM, jobs from Redis")
-    llm.add_argument("--model", required=True, help="serving LLM folder or serving root")
+    llm.add_argument("--model", default=None, help="serving LLM folder (default: SEEDX_LLM_MODEL)")
     llm.add_argument("--redis-url", default=None, help="default: SEEDX_LLM_REDIS__URL")
     llm.add_argument("--capacity", type=int, default=None, help="jobs run at once")
     llm.set_defaults(handler=_worker_llm)
     diffusion = kinds.add_parser(
         "diffusion", help="the diffusion worker: the SEED-X de-tokenizer, jobs from Redis"
     )
-    diffusion.add_argument("--model", required=True, help="serving root (`seedx convert`)")
+    diffusion.add_argument(
+        "--model", default=None, help="serving root (default: SEEDX_DIFFUSION_MODEL)"
+    )
     diffusion.add_argument(
         "--detokenizer",
         choices=["first_stage", "second_stage"],

@@ -30,7 +30,6 @@ from workers.diffusion.runner import BatchRunner
 from workers.diffusion.settings import DiffusionWorkerSettings
 from workers.logcontext import JobContextFilter
 from workers.metrics_http import LoopBeat, start_metrics_server
-from workers.settings import RedisSettings
 
 logger = logging.getLogger(__name__)
 
@@ -159,20 +158,20 @@ def configure_logging(level: str) -> None:
 
 
 def main(
-    model: str,
+    model: str | None = None,
     *,
     detokenizer: str | None = None,
     redis_url: str | None = None,
     max_batch: int | None = None,
 ) -> int:
     """Entry of ``seedx worker diffusion``: flags override ``SEEDX_DIFFUSION_*`` settings."""
-    overrides: dict[str, object] = {"model": model}
+    overrides: dict[str, object] = {} if model is None else {"model": model}
     if detokenizer is not None:
         overrides["detokenizer"] = detokenizer
     if max_batch is not None:
         overrides["max_batch"] = max_batch
     if redis_url is not None:
-        overrides["redis"] = RedisSettings(url=redis_url)
+        overrides["redis"] = {"url": redis_url}  # merged with SEEDX_DIFFUSION_REDIS__* values
     settings = DiffusionWorkerSettings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level)
     asyncio.run(serve(settings))

@@ -102,13 +102,17 @@ async def serve(settings: LLMWorkerSettings) -> None:
             server.shutdown()
 
 
-def main(model: str, redis_url: str | None = None, capacity: int | None = None) -> int:
+def main(
+    model: str | None = None, redis_url: str | None = None, capacity: int | None = None
+) -> int:
     """Entry of ``seedx worker llm``: flags override ``SEEDX_LLM_*`` settings."""
-    overrides: dict[str, object] = {"model": Path(model)}
+    overrides: dict[str, object] = {}
+    if model is not None:
+        overrides["model"] = Path(model)
     if capacity is not None:
         overrides["capacity"] = capacity
     if redis_url is not None:
-        overrides["redis"] = RedisSettings(url=redis_url)
+        overrides["redis"] = {"url": redis_url}  # merged with SEEDX_LLM_REDIS__* values
     settings = LLMWorkerSettings(**overrides)  # type: ignore[arg-type]
     asyncio.run(serve(settings))
     return 0
