@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.metrics import RejectReason, reject
-from workers.errors import (  # the wire errors the gateway raises too
-    InvalidRequest,
-    ModelNotFound,
+from workers.errors import InvalidRequest as InvalidRequest  # re-exported: raised here too
+from workers.errors import ModelNotFound as ModelNotFound
+from workers.errors import (
     Overloaded,
     TransportError,
     Unavailable,

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from server import fleet
 from server.deps import GatewayDep
 from workers import keys
 from workers.errors import TransportError
@@ -45,6 +46,7 @@ async def readyz(gateway: GatewayDep) -> Response:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics() -> Response:
-    """Prometheus text format of every collector in this process."""
+async def metrics(gateway: GatewayDep) -> Response:
+    """Prometheus text format of every collector in this process, fleet gauges refreshed."""
+    await fleet.refresh(gateway.backend)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
