@@ -19,7 +19,7 @@ Handler = Callable[[argparse.Namespace], int]
 def _make_tiny(args: argparse.Namespace) -> int:
     from engine.checkpoint.tiny import make_tiny
 
-    root = make_tiny(Path(args.dir), seed=args.seed)
+    root = make_tiny(Path(args.dir), seed=args.seed, progress=not args.quiet)
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     print(f"wrote a tiny random-weight SEED-X tree to {root} ({size / 2**20:.1f} MiB)")
     print("its weights are random: outputs are noise, every code path is real")
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--quiet", action="store_true", help="no progress bar")
     tiny.set_defaults(handler=_make_tiny)
 
     conv = sub.add_parser("convert", help="released SEED-X tree -> serving layout")

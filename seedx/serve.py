@@ -40,7 +40,7 @@ def ensure_demo_checkpoint() -> Path:
         return serving
     staging = root.with_name(f"{root.name}.partial-{os.getpid()}")
     print(f"creating the tiny demo checkpoints in {root} (once) ...", flush=True)
-    make_tiny(staging / "released")
+    make_tiny(staging / "released", progress=True)
     convert(staging / "released", staging / "serving", dtype="float32", progress=True)
     root.parent.mkdir(parents=True, exist_ok=True)
     if root.exists():  # a concurrent first run won; use its tree
@@ -105,13 +105,22 @@ def build_specs(
     return specs
 
 
-async def wait_ready(url: str, out: Any, names: list[str], timeout_s: float = 900) -> None:
-    """Polls ``/readyz`` until every stage has a live worker, then says so once."""
+async def wait_ready(
+    url: str, out: Any, names: list[str], api_key: str | None = None, timeout_s: float = 900
+) -> None:
+    """Polls until every served model has a live worker, then says so once.
+
+    ``/readyz`` alone is not enough: it needs one live worker per *stage*, so with two LLMs it
+    turns 200 as soon as the first one is up; ``/v1/models`` lists each model with live workers.
+    """
+    wanted = {name.split(":", 1)[1] for name in names if ":" in name}
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         try:
             status = await asyncio.to_thread(_get_status, url + "/readyz")
-        except OSError:
+            if status == 200:
+                status = 200 if wanted <= await asyncio.to_thread(_models, url, api_key) else 0
+        except (OSError, ValueError):
             status = 0
         if status == 200:
             out(
@@ -121,6 +130,14 @@ async def wait_ready(url: str, out: Any, names: list[str], timeout_s: float = 90
             return
         await asyncio.sleep(1.0)
     out(f"seedx: not ready after {timeout_s:.0f} s; see the logs above")
+
+
+def _models(url: str, api_key: str | None) -> set[str]:
+    request = urllib.request.Request(url + "/v1/models")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return {model["id"] for model in json.load(response)["data"]}
 
 
 def _get_status(url: str) -> int:
@@ -158,7 +175,8 @@ def serve(args: argparse.Namespace) -> int:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         url = f"http://{host}:{args.port}"
         names = [spec.name for spec in specs]
-        return asyncio.run(supervisor.run(lambda: wait_ready(url, supervisor.out, names)))
+        key = args.api_key[0] if args.api_key else None
+        return asyncio.run(supervisor.run(lambda: wait_ready(url, supervisor.out, names, key)))
     finally:
         if valkey is not None:
             valkey.stop()

@@ -1,5 +1,5 @@
 """Test tiers by folder (LitServe's habit): integration and e2e are tagged from their path;
-gpu and slow are opt-in (``--run-gpu``; ``--run-slow`` or RUN_SLOW=1)."""
+gpu and slow are opt-in (``--run-gpu``; ``--run-slow``, RUN_SLOW=1, or CI=true in CI)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_gpu = config.getoption("--run-gpu")
-    run_slow = config.getoption("--run-slow") or os.environ.get("RUN_SLOW") == "1"
+    # CI runs the slow tier too (the reliability suite, with reduced counts); people opt in.
+    run_slow = (
+        config.getoption("--run-slow")
+        or os.environ.get("RUN_SLOW") == "1"
+        or os.environ.get("CI") == "true"
+    )
     for item in items:
         rel = Path(str(item.fspath)).resolve().relative_to(TESTS.resolve())
         tier = rel.parts[0] if len(rel.parts) > 1 else ""

@@ -111,6 +111,7 @@ def load_detokenizer(
     dtype: torch.dtype = torch.float32,
     *,
     with_vit: bool = True,
+    progress: bool = False,
 ) -> DetokenizerPipeline:
     """A ready ``DetokenizerPipeline`` from a serving de-tokenizer folder.
 
@@ -118,8 +119,12 @@ def load_detokenizer(
     ``reconstruct``. ``with_vit=False`` skips the ViT (1.9 B parameters at full size): generation
     and edit only need the precomputed negative; reconstruction then raises.
     """
+    from tqdm import tqdm
+
     folder = Path(folder)
     manifest = read_manifest(folder)
+    # unet, vae, resampler, (vit), negative: the UNet is most of the time at full size
+    bar = tqdm(total=4 + with_vit, desc=f"load {folder.name}", unit="part", disable=not progress)
     unet = UNet2DConditionModel.from_pretrained(
         folder / UNET_DIR, torch_dtype=dtype, low_cpu_mem_usage=LOW_CPU_MEM
     )
@@ -128,18 +133,24 @@ def load_detokenizer(
             f"{folder / UNET_DIR}: in_channels {unet.config.in_channels}, manifest says "
             f"{manifest['in_channels']}"
         )
+    bar.update()
     vae_config = json.loads((folder / VAE_DIR / "config.json").read_text())
     vae_dtype = torch.float32 if vae_config.get("force_upcast", True) else dtype
     vae = AutoencoderKL.from_pretrained(
         folder / VAE_DIR, torch_dtype=vae_dtype, low_cpu_mem_usage=LOW_CPU_MEM
     )
+    bar.update()
     scheduler_path = folder / SCHEDULER_DIR / SCHEDULER_CONFIG
     if not scheduler_path.is_file():
         raise CheckpointError(f"missing file: {scheduler_path}")
     scheduler = make_scheduler("euler", json.loads(scheduler_path.read_text()))
     resampler = load_resampler(folder).to(device, dtype)
+    bar.update()
     vit = load_vit(folder).to(device, dtype) if with_vit else None
+    bar.update(with_vit)
     negative = load_negative(folder)
+    bar.update()
+    bar.close()
     negative = NegativeFeatures(
         pooled=negative.pooled.to(device, dtype), tokens=negative.tokens.to(device, dtype)
     )

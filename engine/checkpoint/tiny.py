@@ -116,22 +116,30 @@ def _tokenizer_vocab_size(tokenizer_dir: Path) -> int:
     return max(sp.get_piece_size(), max(added.values()) + 1)
 
 
-def make_tiny(root: Path, seed: int = 0, arch: SeedXArch | None = None) -> Path:
-    """Writes the whole tiny tree under ``root`` and returns it."""
+def make_tiny(
+    root: Path, seed: int = 0, arch: SeedXArch | None = None, *, progress: bool = False
+) -> Path:
+    """Writes the whole tiny tree under ``root`` and returns it (``progress``: a tqdm bar)."""
+    from tqdm import tqdm
+
     from engine.checkpoint.sdxl import write_tiny_detokenizers, write_tiny_sdxl_base
     from engine.checkpoint.tokenizer_files import write_tokenizer_folder
 
     arch = arch or tiny_arch(llm_hidden=TINY_LLM["hidden_size"])
     root.mkdir(parents=True, exist_ok=True)
     arch.save(root)
+    parts = 4 + len(layout.MODEL_FOLDERS)  # tokenizer, ViT, each LLM, SDXL base, de-tokenizers
+    bar = tqdm(total=parts, desc="make-tiny", unit="part", disable=not progress)
 
     tokenizer_dir = root / layout.TOKENIZER_DIR
     write_tokenizer_folder(tokenizer_dir)
     vocab_size = _tokenizer_vocab_size(tokenizer_dir)
+    bar.update()
 
     vit = randomize_(QwenViT(arch.vit), seed + 1, bf16_exact=True)
     (root / layout.VIT_FILE).parent.mkdir(parents=True, exist_ok=True)
     torch.save(vit.state_dict(), root / layout.VIT_FILE)
+    bar.update()
 
     for offset, (name, folder) in enumerate(sorted(layout.MODEL_FOLDERS.items())):
         model_seed = seed + 100 * (offset + 1)
@@ -142,7 +150,11 @@ def make_tiny(root: Path, seed: int = 0, arch: SeedXArch | None = None) -> Path:
         agent_file.parent.mkdir(parents=True, exist_ok=True)
         torch.save(agent.state_dict(), agent_file)
         logger.info("wrote tiny %s", name)
+        bar.update()
 
     write_tiny_sdxl_base(root, arch, seed + 7)
+    bar.update()
     write_tiny_detokenizers(root, arch, seed + 11)
+    bar.update()
+    bar.close()
     return root

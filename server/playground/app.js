@@ -170,6 +170,10 @@ async function sendChat(event) {
         for (const a of delta.annotations || []) if (a.bounding_box) boxes.push(a.bounding_box);
       }
     }
+    if (!answer && !images.length) {  // e.g. only special tokens: say so rather than show nothing
+      textEl.textContent = "(no text)";
+      textEl.classList.add("empty");
+    }
     const meta = document.createElement("div");
     meta.className = "meta";
     meta.textContent = [finish && `finish: ${finish}`,

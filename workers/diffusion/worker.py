@@ -46,7 +46,7 @@ def load_pipeline(settings: DiffusionWorkerSettings) -> DetokenizerPipeline:
     folder = detokenizer_folder(settings.model, settings.detokenizer)
     logger.info("loading %s on %s/%s", folder, placement.device, placement.dtype)
     pipeline = load_detokenizer(
-        folder, placement.device, placement.dtype, with_vit=settings.load_vit
+        folder, placement.device, placement.dtype, with_vit=settings.load_vit, progress=True
     )
     speed = SpeedOptions(
         attention=settings.attention,
