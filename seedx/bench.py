@@ -10,6 +10,7 @@ BENCHES = {
     "gateway": "server.bench",
     "llm": "workers.llm.bench",
     "diffusion": "workers.diffusion.bench",
+    "chaos": "seedx.chaos.bench",
 }
 
 

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from seedx.supervisor import ChildSpec, Supervisor, seedx_argv
+from seedx.supervisor import WORKER_NICENESS, ChildSpec, Supervisor, seedx_argv
 
 DEMO_VERSION = "demo-v1"
 DEMO_MODELS = ("seed-x-i", "seed-x-edit")
@@ -94,13 +94,18 @@ def build_specs(
             )
         folder = serving / manifest["models"][model]["path"]
         specs.append(
-            ChildSpec(f"llm:{model}", seedx_argv("worker", "llm", "--model", str(folder)), env)
+            ChildSpec(
+                f"llm:{model}",
+                seedx_argv("worker", "llm", "--model", str(folder)),
+                env,
+                niceness=WORKER_NICENESS,
+            )
         )
         port += 1
     for stage in stages:
         env = {"SEEDX_DIFFUSION_REDIS__URL": redis_url, "SEEDX_DIFFUSION_METRICS_PORT": str(port)}
         argv = seedx_argv("worker", "diffusion", "--model", str(serving), "--detokenizer", stage)
-        specs.append(ChildSpec(f"diffusion:{stage}", argv, env))
+        specs.append(ChildSpec(f"diffusion:{stage}", argv, env, niceness=WORKER_NICENESS))
         port += 1
     return specs
 

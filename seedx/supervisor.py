@@ -16,14 +16,25 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 BACKOFF_START_S = 1.0
 BACKOFF_CAP_S = 30.0
 STABLE_AFTER_S = 60.0  # a child up this long gets its backoff reset
+# Workers run at a lower CPU priority than the gateway on a shared host: they are throughput
+# work that saturates every core (vLLM's CPU engine, UNet steps), while the gateway's answers
+# (a 429, a stream chunk, /readyz) are latency-critical and cost well under a millisecond each.
+WORKER_NICENESS = 10
+
+
+def lower_priority(niceness: int = WORKER_NICENESS) -> None:
+    """``preexec_fn`` of a worker child: raise its niceness (best effort)."""
+    with contextlib.suppress(OSError):
+        os.nice(niceness)
 
 
 @dataclass
@@ -33,6 +44,7 @@ class ChildSpec:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    niceness: int = 0  # > 0: a batch worker, scheduled behind the latency-critical gateway
 
 
 @dataclass
@@ -65,7 +77,7 @@ class Supervisor:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def run(self, ready: Callable[[], Awaitable[None]] | None = None) -> int:
+    async def run(self, ready: Callable[[], Coroutine[Any, Any, None]] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
@@ -92,6 +104,9 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+            preexec_fn=(lambda: lower_priority(child.spec.niceness))
+            if child.spec.niceness
+            else None,
         )
         child.process = process
         return process

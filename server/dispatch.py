@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
@@ -47,9 +47,18 @@ class Dispatcher:
         self.backend = backend
         self._cleanups: set[asyncio.Task[None]] = set()
 
-    def scope(self, request_id: str, timeout_s: float) -> RequestScope:
-        """A scope whose jobs share ``request_id`` and a deadline ``timeout_s`` from now."""
-        return RequestScope(self, request_id, time.time() + timeout_s)
+    def scope(
+        self,
+        request_id: str,
+        timeout_s: float,
+        on_unsubmitted: Callable[[], None] | None = None,
+    ) -> RequestScope:
+        """A scope whose jobs share ``request_id`` and a deadline ``timeout_s`` from now.
+
+        ``on_unsubmitted`` runs when the scope ends without having queued any job (the
+        admission reservation of a request refused while its inputs were checked).
+        """
+        return RequestScope(self, request_id, time.time() + timeout_s, on_unsubmitted)
 
     def spawn_cleanup(self, cancel: list[tuple[str, keys.Stage]], owners: list[str]) -> None:
         """Cancel ``cancel`` jobs and release ``owners``' blobs in the background."""
@@ -79,9 +88,17 @@ class Dispatcher:
 class RequestScope:
     """The jobs and blobs of one request; an async context manager (see module docstring)."""
 
-    def __init__(self, dispatcher: Dispatcher, request_id: str, deadline: float) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        request_id: str,
+        deadline: float,
+        on_unsubmitted: Callable[[], None] | None = None,
+    ) -> None:
         self.request_id = request_id
         self.deadline = deadline
+        self._on_unsubmitted = on_unsubmitted
+        self._submitted = False
         self._dispatcher = dispatcher
         self._backend = dispatcher.backend
         self._running: dict[str, keys.Stage] = {}
@@ -115,6 +132,7 @@ class RequestScope:
         (the LLM worker) or ``request_id`` (the diffusion worker); released with the request.
         """
         stream = await self._backend.submit(job)
+        self._submitted = True
         self._running[job.job_id] = job.stage
         if owns_blobs:
             self._owners += [o for o in (job.job_id, self.request_id) if o not in self._owners]
@@ -146,6 +164,8 @@ class RequestScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if not self._submitted and self._on_unsubmitted is not None:
+            self._on_unsubmitted()
         cancel = list(self._running.items())
         self._running.clear()
         if cancel and exc_type is None:

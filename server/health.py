@@ -39,7 +39,9 @@ async def readyz(gateway: GatewayDep) -> Response:
     except TransportError:
         stages = set()
     for stage in keys.STAGES:
-        checks[f"workers_{stage}"] = stage in stages
+        checks[f"workers_{stage}"] = (
+            stage in stages or stage in gateway.directory.scale_to_zero_stages
+        )
     ready = all(checks.values())
     body = {"status": "ready" if ready else "not_ready", "checks": checks}
     return JSONResponse(body, status_code=200 if ready else 503)

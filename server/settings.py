@@ -56,6 +56,12 @@ class ModelRouting(_Group):
         description="De-tokenizers that render from an input image too (ImageEditJob).",
     )
 
+    def routed(self, stage: str) -> frozenset[str]:
+        """The models this routing can send jobs to on ``stage`` (``llm`` or ``diffusion``)."""
+        if stage == "llm":
+            return frozenset({self.chat, self.generations, self.edits, *self.detokenizers})
+        return frozenset({self.variations, *self.detokenizers.values()})
+
 
 class MediaLimits(_Group):
     """Bounds on input images, checked before anything is decoded in full."""
@@ -109,6 +115,12 @@ class Admission(_Group):
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with a 429.")
     directory_ttl_s: float = Field(
         default=1.0, ge=0, le=30, description="How long the list of live workers is reused."
+    )
+    scale_to_zero: tuple[Literal["llm", "diffusion"], ...] = Field(
+        default=(),
+        description="Stages allowed to have no live worker (an autoscaler such as KEDA starts "
+        "one from the queue): jobs for the models routed there are queued instead of answered "
+        "503, and /readyz does not wait for them.",
     )
 
 

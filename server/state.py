@@ -34,7 +34,11 @@ class Gateway:
             settings=settings,
             backend=backend,
             dispatcher=Dispatcher(backend),
-            directory=ModelDirectory(backend, settings.admission.directory_ttl_s),
+            directory=ModelDirectory(
+                backend,
+                settings.admission.directory_ttl_s,
+                {s: settings.models.routed(s) for s in settings.admission.scale_to_zero},
+            ),
             admission=AdmissionControl(backend, settings.admission),
             loader=ImageLoader(settings.media, fetcher, publisher),
             publisher=publisher,

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, TypeVar
 
 from server.admission import StageModel
@@ -210,11 +211,14 @@ async def run_chat(
     llm = StageModel("llm", plan.model)
     downstream = [StageModel("diffusion", plan.detokenizer)] if plan.detokenizer else []
     await gateway.directory.require(llm, downstream)
-    await gateway.admission.admit({llm: 1, **{queue: 1 for queue in downstream}})
     if _image_count(req) > gateway.settings.media.max_images:
         limit = gateway.settings.media.max_images
         raise InvalidRequest(f"at most {limit} images per request", param="messages")
-    async with gateway.dispatcher.scope(request_id, gateway.settings.chat_timeout_s) as scope:
+    admission = gateway.admission
+    reservation = await admission.admit({llm: 1, **{queue: 1 for queue in downstream}})
+    async with gateway.dispatcher.scope(
+        request_id, gateway.settings.chat_timeout_s, partial(admission.release, reservation)
+    ) as scope:
         messages = await _messages(gateway, scope, req)
         job = wire.ChatJob(
             **scope.envelope(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import UploadFile
@@ -75,10 +76,16 @@ def _detokenizer(gateway: Gateway, model: str, *, conditioned: bool) -> str:
     return detokenizer
 
 
-async def _admit(gateway: Gateway, demand: Mapping[StageModel, int]) -> None:
+async def _admit(
+    gateway: Gateway, demand: Mapping[StageModel, int], request_id: str
+) -> RequestScope:
+    """Check the models, admit the demand, and open the request's scope (which hands the
+    admission back if the request ends before queueing a job)."""
     queues = list(demand)
     await gateway.directory.require(queues[0], queues[1:])
-    await gateway.admission.admit(demand)
+    reservation = await gateway.admission.admit(demand)
+    release = partial(gateway.admission.release, reservation)
+    return gateway.dispatcher.scope(request_id, gateway.settings.image_timeout_s, release)
 
 
 async def _upload(gateway: Gateway, scope: RequestScope, upload: UploadFile) -> wire.ImagePart:
@@ -119,8 +126,7 @@ async def generate(
     model = req.model or gateway.settings.models.generations
     detokenizer = _detokenizer(gateway, model, conditioned=False)
     demand = {StageModel("llm", model): 1, StageModel("diffusion", detokenizer): req.n}
-    await _admit(gateway, demand)
-    async with gateway.dispatcher.scope(request_id, gateway.settings.image_timeout_s) as scope:
+    async with await _admit(gateway, demand, request_id) as scope:
         job = _llm_job(gateway, scope, model, "generate", (wire.TextPart(text=req.prompt),))
 
         def images(event: wire.EmbeddingReady) -> list[tuple[int, DiffusionJob]]:
@@ -145,8 +151,7 @@ async def edit(
     model = form.model or gateway.settings.models.edits
     detokenizer = _detokenizer(gateway, model, conditioned=True)
     demand = {StageModel("llm", model): 1, StageModel("diffusion", detokenizer): form.n}
-    await _admit(gateway, demand)
-    async with gateway.dispatcher.scope(request_id, gateway.settings.image_timeout_s) as scope:
+    async with await _admit(gateway, demand, request_id) as scope:
         source = await _upload(gateway, scope, form.images()[0])
         content = (source, wire.TextPart(text=form.prompt))
         job = _llm_job(gateway, scope, model, "edit", content)
@@ -183,8 +188,7 @@ async def vary(
     """``POST /v1/images/variations``."""
     spec = _spec(gateway, form)
     model = form.model or gateway.settings.models.variations
-    await _admit(gateway, {StageModel("diffusion", model): form.n})
-    async with gateway.dispatcher.scope(request_id, gateway.settings.image_timeout_s) as scope:
+    async with await _admit(gateway, {StageModel("diffusion", model): form.n}, request_id) as scope:
         source = await _upload(gateway, scope, form.image)
         jobs = [
             wire.ImageReconstructJob(

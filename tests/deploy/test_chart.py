@@ -91,6 +91,16 @@ def test_no_api_keys_is_refused(helm: str) -> None:
     assert "apiKeys" in result.stderr
 
 
+def test_scale_to_zero_without_the_gateway_setting_is_refused(helm: str) -> None:
+    """KEDA at zero needs the gateway to queue jobs for a stage with no live worker."""
+    result = helm_template(
+        helm, sets=["apiKeys.keys[0]=sk-test-0123456789", "keda.enabled=true",
+                    "keda.diffusion.minReplicas=0"], check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "gateway.settings.admission.scale_to_zero" in result.stderr
+
+
 def _kinds(docs: list[dict[str, Any]]) -> set[str]:
     return {d["kind"] for d in docs}
 
@@ -197,6 +207,9 @@ def test_keda_scales_each_stage_on_its_own_stream(
     assert streams[f"{P}-llm-seed-x-edit"] == "seedx:jobs:llm:seed-x-edit"
     assert streams[f"{P}-diffusion-second-stage"] == "seedx:jobs:diffusion:second_stage"
     assert scaled[f"{P}-diffusion-first-stage"]["minReplicaCount"] == 0  # scale to zero
+    gateway_env = find(docs, "Deployment", f"{P}-gateway")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in gateway_env["containers"][0]["env"]}
+    assert env["SEEDX_GATEWAY_ADMISSION__SCALE_TO_ZERO"] == '["diffusion"]'
     redis_policy = find(docs, "NetworkPolicy", f"{P}-redis")["spec"]["ingress"][0]["from"]
     assert len(redis_policy) == 2  # the release's Redis clients and the KEDA operator
 

@@ -11,7 +11,9 @@ import httpx
 import openai
 import pytest
 
+from server.app import create_app
 from server.metrics import IMAGES_DECODED
+from tests.unit.server.conftest import AUTH, make_settings
 from tests.unit.server.fakes import FakeBackend, png_bytes
 from workers.errors import DeadlineExceeded, Overloaded, Unavailable
 from workers.protocol import Box, ChatJob, ImageGenerateJob, ImagePart, TextPart
@@ -229,6 +231,20 @@ async def test_tool_messages_are_400_with_param(client: httpx.AsyncClient) -> No
     assert response.json()["error"]["param"].startswith("messages[0]")
 
 
+async def test_a_model_whose_workers_just_vanished_is_503_not_404(
+    client: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    """Heartbeats gone for a moment (workers restarting, Redis restarted): retry, not 404."""
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    backend.workers = [w for w in backend.workers if w.model != "seed-x-i"]
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    never_served = {"model": "seed-x", "messages": body["messages"]}
+    assert (await client.post("/v1/chat/completions", json=never_served)).status_code == 404
+
+
 async def test_unknown_model_is_404(oai: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         await oai.chat.completions.create(
@@ -257,6 +273,24 @@ async def test_queue_bound_counts_local_admissions(
     backend.loads[("llm", "seed-x-i")] = 255
     body = {"messages": [{"role": "user", "content": "x"}]}
     assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+
+
+async def test_requests_refused_before_queueing_give_their_admission_back(
+    backend: FakeBackend,
+) -> None:
+    """Bad requests admitted within one queue-depth read must not fill the local estimate
+    (issue 9: the SSRF matrix hit spurious 429s after 8 refused URLs in 50 ms)."""
+    settings = make_settings(admission={"llm_max_queue": 2, "stats_ttl_s": 5})
+    app = create_app(settings, backend)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    bad = {"messages": [user("x", "data:image/png;base64,%%%")]}
+    good = {"messages": [{"role": "user", "content": "x"}]}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as c:
+        for _ in range(5):
+            assert (await c.post("/v1/chat/completions", json=bad)).status_code == 400
+        assert (await c.post("/v1/chat/completions", json=good)).status_code == 200
+        assert (await c.post("/v1/chat/completions", json=good)).status_code == 200
+        assert (await c.post("/v1/chat/completions", json=good)).status_code == 429
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from server.app import create_app
 from tests.unit.server.conftest import AUTH, make_settings
-from tests.unit.server.fakes import FakeBackend
+from tests.unit.server.fakes import FakeBackend, png_bytes
 
 
 def assert_openai_error(response: httpx.Response, status: int) -> dict[str, object]:
@@ -154,3 +154,24 @@ async def test_open_app_without_keys_when_allowed() -> None:
     ):
         assert (await client.get("/v1/models")).status_code == 200
     assert AUTH  # the default test app does require keys (see test_auth_limits)
+
+
+SCALE_TO_ZERO = {"stats_ttl_s": 0, "directory_ttl_s": 0, "scale_to_zero": ["diffusion"]}
+
+
+@pytest.mark.parametrize("settings", [make_settings(admission=SCALE_TO_ZERO)])
+async def test_scale_to_zero_stage_queues_jobs_and_stays_ready(
+    client: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    """With the diffusion stage scaled to zero, image jobs queue for the autoscaler (no 503)
+    and readiness does not wait for a diffusion worker; unknown de-tokenizers stay 404."""
+    backend.workers = [w for w in backend.workers if w.stage == "llm"]
+    assert (await client.get("/readyz")).status_code == 200
+    files = {"image": ("a.png", png_bytes(8, 8), "image/png")}
+    answer = await client.post("/v1/images/variations", files=files, data={"size": "64x64"})
+    assert answer.status_code == 200, answer.text  # the fake backend ran the queued job
+    assert backend.jobs_of("image.reconstruct")
+    unknown = await client.post(
+        "/v1/images/variations", files=files, data={"size": "64x64", "model": "third_stage"}
+    )
+    assert_openai_error(unknown, 404)

@@ -1,0 +1,119 @@
+"""``seedx bench chaos``: start the stack on the tiny checkpoint, run every scenario, print the
+table of figures (issue 9). ``--quick`` uses the reduced counts of the CI suite.
+
+    seedx bench chaos                 # full counts (soak: 2,000 image requests)
+    seedx bench chaos --quick --only overload,ssrf
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from seedx.chaos import hostile, probes, scenarios
+from seedx.chaos.stack import Stack, StackConfig
+
+
+def _counts(quick: bool) -> dict[str, Any]:
+    return {
+        "overload_s": 8.0 if quick else 30.0,
+        "kill_jobs": 4 if quick else 8,
+        "soak": 120 if quick else 2000,
+        "schemathesis_examples": 8 if quick else 50,
+        "poison_others": 8 if quick else 24,
+    }
+
+
+def plan(quick: bool) -> list[tuple[str, Callable[[Stack], Any]]]:
+    """The scenarios in the order they run (crashes after the latency-sensitive ones)."""
+    n = _counts(quick)
+    return [
+        ("auth", lambda s: asyncio.run(probes.auth(s))),
+        ("ssrf", lambda s: asyncio.run(hostile.ssrf(s))),
+        ("media", lambda s: asyncio.run(hostile.media(s))),
+        ("special_tokens", lambda s: asyncio.run(probes.special_tokens(s))),
+        ("overload_chat", lambda s: asyncio.run(scenarios.overload(s, "chat", n["overload_s"]))),
+        ("overload_images",
+         lambda s: asyncio.run(scenarios.overload(s, "images", n["overload_s"]))),
+        ("disconnect_stream", lambda s: asyncio.run(scenarios.disconnect_stream(s))),
+        ("disconnect_denoise", lambda s: asyncio.run(scenarios.disconnect_denoise(s))),
+        ("poison", lambda s: asyncio.run(scenarios.poison(s, n["poison_others"]))),
+        ("kill_llm", lambda s: asyncio.run(scenarios.kill_worker(s, "llm", n["kill_jobs"]))),
+        ("kill_diffusion",
+         lambda s: asyncio.run(scenarios.kill_worker(s, "diffusion", n["kill_jobs"]))),
+        ("redis_restart", lambda s: asyncio.run(scenarios.redis_restart(s))),
+        ("schemathesis", lambda s: probes.schemathesis_run(
+            s, n["schemathesis_examples"], "examples,coverage,fuzzing,stateful", 900)),
+        ("soak", lambda s: asyncio.run(scenarios.soak(s, n["soak"], settle_s=120))),
+        ("logs", probes.logs),
+    ]  # fmt: skip
+
+
+def build_serving(workdir: Path) -> Path:
+    from engine.checkpoint.convert import convert
+    from engine.checkpoint.tiny import make_tiny
+
+    tiny = make_tiny(workdir / "tiny", seed=0)
+    serving = workdir / "serving"
+    convert(tiny, serving, dtype="float32", progress=False)
+    return serving
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)[:160]
+    return str(value)
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """One row per figure: scenario | figure | value."""
+    lines = ["| scenario | figure | value |", "|---|---|---|"]
+    for name, figures in results.items():
+        for key, value in figures.items():
+            if key in ("summary", "examples", "statuses") and not value:
+                continue
+            lines.append(f"| {name} | {key} | {_cell(value)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="seedx bench chaos", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the CI suite's reduced counts")
+    parser.add_argument("--only", default=None, help="comma-separated scenario names")
+    parser.add_argument("--serving", default=None, help="serving tree (default: a fresh tiny)")
+    parser.add_argument("--workdir", default=None, help="logs and data (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the stack's children and its Valkey are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="seedx-chaos-"))
+    serving = Path(args.serving) if args.serving else build_serving(workdir)
+    chosen = set(args.only.split(",")) if args.only else None
+    results: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    with Stack(StackConfig(serving, workdir / "stack")) as stack:
+        print(f"stack ready in {time.monotonic() - started:.0f} s (logs: {workdir})", flush=True)
+        for name, run in plan(args.quick):
+            if chosen is not None and name not in chosen and name != "logs":
+                continue
+            t0 = time.monotonic()
+            try:
+                results[name] = run(stack)
+            except Exception as exc:  # a scenario that breaks is a figure too
+                results[name] = {"error": repr(exc)}
+            results[name]["scenario_s"] = round(time.monotonic() - t0, 1)
+            print(f"{name}: {json.dumps(results[name], default=str)}", flush=True)
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0

@@ -1,0 +1,33 @@
+"""The soak (item 11, reduced count) and the log audit of everything before it (item 12)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from seedx.chaos import probes, scenarios
+from seedx.chaos.stack import Stack
+
+pytestmark = pytest.mark.slow
+
+SOAK_REQUESTS = 120
+
+
+def test_soak_leaks_nothing(stack: Stack) -> None:
+    figures = asyncio.run(scenarios.soak(stack, SOAK_REQUESTS, settle_s=120))
+    print(figures)
+    assert figures["ok_200"] == SOAK_REQUESTS, figures
+    for name, per_request in figures["rss_slope_bytes_per_request"].items():
+        # ~0: less than 64 KiB per request over the second half (allocator noise is larger).
+        assert per_request < 64 * 1024, (name, figures)
+    assert figures["redis_back_to_baseline_s"] is not None, figures["redis_used_memory"]
+
+
+def test_logs_hold_no_keys_prompts_or_payloads(stack: Stack) -> None:
+    figures = probes.logs(stack)
+    print(figures)
+    assert figures["lines"] > 0
+    assert figures["api_keys"] == 0, figures["examples"]
+    assert figures["prompts_at_info"] == 0, figures["examples"]
+    assert figures["base64_payloads"] == 0, figures["examples"]
