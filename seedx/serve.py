@@ -86,12 +86,13 @@ def build_specs(
     cpu = demo or args.device == "cpu"
     for model in models:
         env = {"SEEDX_LLM_REDIS__URL": redis_url, "SEEDX_LLM_METRICS_PORT": str(port)}
-        if cpu:  # the CPU backend reserves this share of host RAM for each KV cache
-            env.update(
-                SEEDX_LLM_GPU_MEMORY_UTILIZATION="0.05",
-                SEEDX_LLM_ENFORCE_EAGER="true",
-                SEEDX_LLM_DTYPE="float32",
-            )
+        if cpu:
+            # An explicit KV size: the CPU backend's utilization is a share of one NUMA node's
+            # RAM minus what the worker holds, which fails on small nodes. The tiny demo needs
+            # little; a released model 1.68 GB per full 2048-token context (docs/deploy.md).
+            env.update(SEEDX_LLM_ENFORCE_EAGER="true", SEEDX_LLM_DTYPE="float32")
+            if "SEEDX_LLM_KV_CACHE_BYTES" not in os.environ:
+                env["SEEDX_LLM_KV_CACHE_BYTES"] = str((256 << 20) if demo else (4 << 30))
         folder = serving / manifest["models"][model]["path"]
         specs.append(
             ChildSpec(

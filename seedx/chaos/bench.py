@@ -26,7 +26,7 @@ def _counts(quick: bool) -> dict[str, Any]:
     return {
         "overload_s": 8.0 if quick else 30.0,
         "kill_jobs": 4 if quick else 8,
-        "soak": 120 if quick else 2000,
+        "soak": 200 if quick else 2000,
         "schemathesis_examples": 8 if quick else 50,
         "poison_others": 8 if quick else 24,
     }

@@ -121,3 +121,14 @@ def slope(points: list[tuple[float, float]]) -> float:
     if sxx == 0:
         return 0.0
     return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+def sustained_slope(points: list[tuple[float, float]]) -> float:
+    """The smaller of the slopes of the first and second half of ``points`` (time-ordered).
+
+    Growth that goes on (a leak) shows in both halves; a one-off step shows in one.
+    """
+    half = len(points) // 2
+    if half < 2:
+        return slope(points)
+    return min(slope(points[:half]), slope(points[half:]))

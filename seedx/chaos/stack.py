@@ -155,14 +155,19 @@ class Stack:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> Stack:
+        """Starts Redis and every process; on any failure stops what did start, then raises."""
         self.config.workdir.mkdir(parents=True, exist_ok=True)
-        self.redis.start()
-        self.spawn("gateway")
-        for _ in range(self.config.llm_workers):
-            self.spawn("llm")
-        for _ in range(self.config.diffusion_workers):
-            self.spawn("diffusion")
-        self.wait_ready()
+        try:
+            self.redis.start()
+            self.spawn("gateway")
+            for _ in range(self.config.llm_workers):
+                self.spawn("llm")
+            for _ in range(self.config.diffusion_workers):
+                self.spawn("diffusion")
+            self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
@@ -206,8 +211,10 @@ class Stack:
             SEEDX_GATEWAY_FETCH__ALLOW_NETWORKS='["127.0.0.2/32"]',
             SEEDX_LLM_DTYPE="float32",
             SEEDX_LLM_ENFORCE_EAGER="true",
-            SEEDX_LLM_GPU_MEMORY_UTILIZATION="0.05",
+            SEEDX_LLM_KV_CACHE_BYTES=str(256 << 20),  # not a share of one NUMA node: machine-proof
             SEEDX_LLM_CAPACITY=str(c.llm_capacity),
+            # small enough to be full before the soak measures: a bounded cache filling is no leak
+            SEEDX_LLM_QUERY_ROW_CACHE="8",
             SEEDX_DIFFUSION_DEVICE="cpu",
             SEEDX_DIFFUSION_MAX_BATCH="2",
             SEEDX_DIFFUSION_WARMUP="false",

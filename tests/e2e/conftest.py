@@ -89,7 +89,7 @@ def stack(
         "SEEDX_GATEWAY_BOUNDS__IMAGE_MAX_TOKENS": "100",
         "SEEDX_LLM_DTYPE": "float32",
         "SEEDX_LLM_ENFORCE_EAGER": "true",
-        "SEEDX_LLM_GPU_MEMORY_UTILIZATION": "0.1",
+        "SEEDX_LLM_KV_CACHE_BYTES": str(256 << 20),
         "SEEDX_LLM_CAPACITY": "4",
         "SEEDX_DIFFUSION_DEVICE": "cpu",
     }

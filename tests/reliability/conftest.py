@@ -25,9 +25,8 @@ def chaos_stack(serving_tree: Path, tmp_path_factory: pytest.TempPathFactory) ->
     workdir = tmp_path_factory.mktemp("chaos")
     stack = Stack(StackConfig(serving_tree, workdir))
     try:
-        stack.start()
+        stack.start()  # stops what it started when it fails
     except RuntimeError as exc:
-        stack.close()
         pytest.fail(str(exc))
     try:
         yield stack

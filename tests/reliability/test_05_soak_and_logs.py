@@ -11,15 +11,16 @@ from seedx.chaos.stack import Stack
 
 pytestmark = pytest.mark.slow
 
-SOAK_REQUESTS = 120
+SOAK_REQUESTS = 200
 
 
 def test_soak_leaks_nothing(stack: Stack) -> None:
     figures = asyncio.run(scenarios.soak(stack, SOAK_REQUESTS, settle_s=120))
     print(figures)
     assert figures["ok_200"] == SOAK_REQUESTS, figures
-    for name, per_request in figures["rss_slope_bytes_per_request"].items():
-        # ~0: less than 64 KiB per request over the second half (allocator noise is larger).
+    for name, per_request in figures["rss_sustained_slope_bytes_per_request"].items():
+        # ~0: growth that goes on through the whole soak, under 64 KiB per request (a leaked
+        # 64x64 image or visual embedding is more; one allocator arena step is not sustained).
         assert per_request < 64 * 1024, (name, figures)
     assert figures["redis_back_to_baseline_s"] is not None, figures["redis_used_memory"]
 

@@ -123,6 +123,7 @@ def _offline_rates(
         dtype=args.dtype,
         enforce_eager=args.enforce_eager,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        kv_cache_memory_bytes=args.kv_cache_bytes,
         skip_tokenizer_init=True,
         max_model_len=2048,
         max_num_seqs=64,
@@ -156,6 +157,7 @@ async def _engine_part(
         dtype=args.dtype,
         enforce_eager=args.enforce_eager,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        kv_cache_bytes=args.kv_cache_bytes,
         max_num_seqs=64,
     )
     engine = await SeedXLLMEngine.start(config)
@@ -178,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         "--dtype", default="float32", help="vLLM dtype ('auto' turns an fp32 checkpoint into bf16)"
     )
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.15)
+    parser.add_argument(
+        "--kv-cache-bytes",
+        type=int,
+        default=None,
+        help="explicit KV cache size (overrides the utilization; steadier on CPU hosts)",
+    )
     parser.add_argument("--enforce-eager", action="store_true", default=True)
     args = parser.parse_args(argv)
     folder = args.model or _tiny_folder()

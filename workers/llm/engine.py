@@ -56,6 +56,7 @@ class EngineConfig:
     max_model_len: int = 2048
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False
+    kv_cache_bytes: int | None = None  # explicit KV size; overrides gpu_memory_utilization
     max_num_seqs: int = 64
     max_images_per_prompt: int = 8
     enable_mm_embeds: bool = False
@@ -73,6 +74,7 @@ class EngineConfig:
             dtype=self.dtype,  # type: ignore[arg-type]  # checked by vLLM at start
             max_model_len=self.max_model_len,
             gpu_memory_utilization=self.gpu_memory_utilization,
+            kv_cache_memory_bytes=self.kv_cache_bytes,
             enforce_eager=self.enforce_eager,
             max_num_seqs=self.max_num_seqs,
             skip_tokenizer_init=True,

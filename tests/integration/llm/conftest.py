@@ -57,7 +57,7 @@ def llm_engine(llm_folder: Path, engine_loop: EngineThread) -> Iterator[Any]:
         llm_folder,
         dtype="float32",
         enforce_eager=True,
-        gpu_memory_utilization=0.1,
+        kv_cache_bytes=256 << 20,
         enable_mm_embeds=True,
     )
     engine = engine_loop.run(SeedXLLMEngine.start(config), timeout=300)
