@@ -11,9 +11,13 @@ Reads are cached for a short, configured time (``admission.directory_ttl_s``,
 ``admission.stats_ttl_s``) so a burst does not turn into one Redis round trip per request per
 check; between two reads of a queue's depth the gateway counts what it admitted itself, so a
 burst cannot overshoot the bound by more than one refresh interval's worth of other replicas'
-traffic. A request refused after admission but before any job was queued (a bad image, a
-refused URL) hands its share back (:meth:`AdmissionControl.release`), so a burst of invalid
-requests cannot make valid ones look like overload. The queue's own atomic bound
+traffic. Past its TTL a read is refreshed *ahead*: while it is younger than the matching
+``*_max_age_s``, it still answers and one background task reads the new value, so under steady
+traffic no request waits on a Redis round trip before its job is queued (issue 6's added TTFT);
+only a read older than that (an idle gateway) is awaited. A request refused after admission but
+before any job was queued (a bad image, a refused URL) hands its share back
+(:meth:`AdmissionControl.release`), so a burst of invalid requests cannot make valid ones look
+like overload. The queue's own atomic bound
 (``QueueSettings.max_queue_depth``, enforced by the enqueue script) remains the hard limit
 behind this early one.
 """
@@ -23,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from server.backend import Backend
 from server.errors import ModelNotFound
@@ -34,6 +39,42 @@ from workers.errors import Overloaded, Unavailable
 from workers.protocol import WorkerInfo
 
 logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+
+
+class BackgroundReads(Generic[K]):
+    """At most one background read per key; failures are logged, never raised.
+
+    A failed refresh leaves the old value in place; once it is older than its max age the next
+    request awaits a read itself and sees the error (503 when Redis is down).
+    """
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._tasks: dict[K, asyncio.Task[None]] = {}
+
+    def start(self, key: K, read: Callable[[], Awaitable[object]]) -> None:
+        """Run ``read()`` in the background unless a read of ``key`` is already running."""
+        if key in self._tasks:
+            return
+        task = asyncio.get_running_loop().create_task(self._run(key, read))
+        self._tasks[key] = task
+
+    async def _run(self, key: K, read: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await read()
+        except Exception as exc:  # a refresh must never end in an unretrieved task error
+            logger.debug("background read of %s %s failed: %s", self._what, key, exc)
+        finally:
+            self._tasks.pop(key, None)
+
+    async def close(self) -> None:
+        """Cancel reads still running (at shutdown)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 RECENTLY_SERVED_S = 300.0
@@ -60,26 +101,40 @@ class ModelDirectory:
         backend: Backend,
         ttl_s: float,
         scale_to_zero: Mapping[keys.Stage, frozenset[str]] | None = None,
+        max_age_s: float = 0.0,
     ) -> None:
         self._backend = backend
         self._ttl_s = ttl_s
+        self._max_age_s = max_age_s
         self._scale_to_zero = dict(scale_to_zero or {})
         self._last_served: dict[tuple[str, str], float] = {}
         self._workers: list[WorkerInfo] = []
         self._read_at = -1e9
         self._lock = asyncio.Lock()
+        self._refresh: BackgroundReads[str] = BackgroundReads("the worker directory")
 
     async def workers(self) -> list[WorkerInfo]:
         """The live workers (a cached read; Unavailable when Redis cannot be reached)."""
-        if time.monotonic() - self._read_at < self._ttl_s:
+        age = time.monotonic() - self._read_at
+        if age < self._ttl_s:
+            return self._workers
+        if age < self._max_age_s:
+            self._refresh.start("workers", self._read)
             return self._workers
         async with self._lock:
             if time.monotonic() - self._read_at >= self._ttl_s:
-                self._workers = await self._backend.live_workers()
-                self._read_at = time.monotonic()
-                for worker in self._workers:
-                    self._last_served[(worker.stage, worker.model)] = self._read_at
+                await self._read()
         return self._workers
+
+    async def _read(self) -> None:
+        self._workers = await self._backend.live_workers()
+        self._read_at = time.monotonic()
+        for worker in self._workers:
+            self._last_served[(worker.stage, worker.model)] = self._read_at
+
+    async def close(self) -> None:
+        """Stop a background read (at shutdown)."""
+        await self._refresh.close()
 
     @property
     def scale_to_zero_stages(self) -> frozenset[str]:
@@ -131,6 +186,7 @@ class AdmissionControl:
         self._backend = backend
         self._settings = settings
         self._loads: dict[StageModel, tuple[float, int]] = {}
+        self._refresh: BackgroundReads[StageModel] = BackgroundReads("the depth of")
 
     def limit(self, stage: keys.Stage) -> int:
         """The bound of queued+running jobs of one stage's queue."""
@@ -167,9 +223,23 @@ class AdmissionControl:
 
     async def _load(self, queue: StageModel) -> int:
         cached = self._loads.get(queue)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self._settings.stats_ttl_s:
-            return cached[1]
+        if cached is not None:
+            age = time.monotonic() - cached[0]
+            if age < self._settings.stats_ttl_s:
+                return cached[1]
+            if age < self._settings.stats_max_age_s:
+                self._refresh.start(queue, lambda: self._read(queue))
+                return cached[1]
+        return await self._read(queue)
+
+    async def _read(self, queue: StageModel) -> int:
+        read_at = time.monotonic()
         load = await self._backend.queue_load(queue.stage, queue.model)
-        self._loads[queue] = (now, load)
+        cached = self._loads.get(queue)
+        if cached is None or cached[0] < read_at:  # a slower, older read never wins
+            self._loads[queue] = (read_at, load)
         return load
+
+    async def close(self) -> None:
+        """Stop background reads (at shutdown)."""
+        await self._refresh.close()

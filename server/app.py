@@ -47,6 +47,8 @@ def create_app(settings: GatewaySettings, backend: Backend | None = None) -> Fas
             yield
         finally:
             await gateway.dispatcher.drain()
+            await gateway.admission.close()
+            await gateway.directory.close()
             await backend.close()
 
     docs = settings.docs_enabled

@@ -2,16 +2,24 @@
 
 Three processes on a real Redis (``--redis-url``, or an embedded Valkey started for the run):
 
-- an LLM worker running the real worker loop (``workers.worker.Worker``) around a **fake, instant
-  engine** — it streams ``--tokens`` text deltas with no compute — so what is measured is the
-  serving path, not a model;
+- an LLM worker running the real worker loop (``workers.worker.Worker``) around a **fake engine**
+  that computes nothing: it streams text deltas ``--itl-ms`` apart, the inter-token latency of a
+  busy real engine (LLaMA-2-13B decoding 64 sequences on one H100 is ~25 ms/step), so what is
+  measured is the serving path, not a model;
 - the gateway (uvicorn, one process pinned to one CPU core);
 - this process, the client (httpx, streaming chat requests).
 
-It prints TTFT p50/p99 at concurrency 1 and 64 through gateway + Redis, the same for calling the
-fake engine directly, the difference (the gateway's added latency; goals <= 3 ms / <= 15 ms), and
-non-streamed small-chat requests per second of the one-core gateway. Run on an idle machine: a
-shared 2-core box inflates the 64-way figures (client, worker and gateway compete for cores).
+"Concurrency N" means N requests in flight, as N users would keep them: each lane sends its next
+request when its last answer ends, answers have varied lengths (``--tokens`` on average), and the
+lanes start spread over one answer's duration instead of in one burst. TTFT is measured through
+gateway + Redis and by calling the same fake engine directly; their difference is the gateway's
+added latency (goals <= 3 ms at 1, <= 15 ms at 64).
+
+Two saturation figures follow, with an *instant* engine (no pacing: every answer ends at once, so
+64 lanes re-send as fast as the stack answers): TTFT at 64 saturated, which is queueing time
+(64 / throughput, by Little's law) and no latency goal applies to it, and non-streamed small-chat
+requests per second with the CPU per request of the one-core gateway and of the worker.
+Run on an idle machine: on a shared 2-core box client, worker and gateway compete for cores.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import asyncio
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -32,26 +41,45 @@ import httpx
 MODEL = "bench"
 KEY = "bench-key-0123456789"
 LEVELS = (1, 64)
+INSTANT = "instant"
+"""A user message with this text gets an unpaced answer (the saturation figures)."""
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="seedx bench gateway", description=__doc__)
     parser.add_argument("--redis-url", help="Redis/Valkey URL (default: an embedded Valkey)")
     parser.add_argument("--requests", type=int, default=400, help="requests per measurement")
-    parser.add_argument("--tokens", type=int, default=8, help="text deltas per answer")
+    parser.add_argument(
+        "--tokens", type=int, default=32, help="text deltas per answer (mean; 8 when instant)"
+    )
+    parser.add_argument(
+        "--itl-ms", type=float, default=25.0, help="fake engine's inter-token latency"
+    )
     parser.add_argument("--port", type=int, default=18080, help="gateway port")
     parser.add_argument("--role", choices=["worker", "gateway"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-async def fake_engine(tokens: int) -> AsyncIterator[str]:
-    """The stand-in engine: ``tokens`` deltas, no compute (yields to the loop between them)."""
+async def fake_engine(tokens: int, itl_s: float) -> AsyncIterator[str]:
+    """The stand-in engine: ``tokens`` deltas ``itl_s`` apart (the first at once), no compute."""
     for i in range(tokens):
+        if i and itl_s:
+            await asyncio.sleep(itl_s)
+        else:
+            await asyncio.sleep(0)
         yield f" t{i}"
-        await asyncio.sleep(0)
 
 
-async def _serve_worker(url: str, tokens: int) -> None:
+def _is_instant(job: Any) -> bool:
+    return any(
+        part.text == INSTANT
+        for message in job.messages
+        for part in message.content
+        if hasattr(part, "text")
+    )
+
+
+async def _serve_worker(url: str, itl_s: float) -> None:
     from workers.connection import create_redis
     from workers.handler import JobContext
     from workers.protocol import ChatJob, Event, Job, TextDelta, Usage
@@ -60,13 +88,14 @@ async def _serve_worker(url: str, tokens: int) -> None:
 
     async def handler(job: Job, ctx: JobContext) -> AsyncIterator[Event]:
         assert isinstance(job, ChatJob)
-        async for text in fake_engine(min(tokens, job.sampling.max_tokens)):
+        tokens = job.sampling.max_tokens
+        async for text in fake_engine(tokens, 0.0 if _is_instant(job) else itl_s):
             yield TextDelta(text=text)
         yield Usage(prompt_tokens=4, completion_tokens=tokens)
 
     redis = create_redis(RedisSettings(url=url))
     settings = QueueSettings(max_queue_depth=0, block_s=0.5)
-    worker = Worker(redis, settings, stage="llm", model=MODEL, handler=handler, capacity=128)
+    worker = Worker(redis, settings, stage="llm", model=MODEL, handler=handler, capacity=256)
     await worker.run()
 
 
@@ -122,44 +151,70 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def _direct_ttft(concurrency: int, count: int, tokens: int) -> list[float]:
-    async def one() -> float:
-        start = time.perf_counter()
-        async for _ in fake_engine(tokens):
-            return time.perf_counter() - start
-        return 0.0
+class Lanes:
+    """``concurrency`` closed-loop lanes sharing ``count`` requests (see the module docstring).
 
-    return await _in_waves(one, concurrency, count)
+    ``lengths`` gives each request its answer length; ``spread_s`` staggers the lanes' first
+    requests uniformly over that time (0: all at once).
+    """
+
+    def __init__(self, concurrency: int, count: int, lengths: list[int], spread_s: float) -> None:
+        self.concurrency = concurrency
+        self.lengths = lengths[:count]
+        self.spread_s = spread_s
+
+    async def run(self, one: Any) -> list[float]:
+        """``await one(tokens)`` for every request; the TTFTs it returns, in seconds."""
+        results: list[float] = []
+        todo = iter(self.lengths)
+
+        async def lane(index: int) -> None:
+            await asyncio.sleep(self.spread_s * index / self.concurrency)
+            for tokens in todo:
+                results.append(await one(tokens))
+
+        await asyncio.gather(*(lane(i) for i in range(self.concurrency)))
+        return results
 
 
-async def _in_waves(one: object, concurrency: int, count: int) -> list[float]:
-    results: list[float] = []
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(count):
-        queue.put_nowait(i)
-
-    async def lane() -> None:
-        while not queue.empty():
-            queue.get_nowait()
-            results.append(await one())  # type: ignore[operator]
-
-    await asyncio.gather(*(lane() for _ in range(concurrency)))
-    return results
+def answer_lengths(count: int, mean: int, seed: int = 0) -> list[int]:
+    """Answer lengths uniform in ``[mean/2, 3*mean/2]`` (lanes do not stay in step)."""
+    rng = random.Random(seed)
+    low, high = max(1, mean // 2), max(1, mean + mean // 2)
+    return [rng.randint(low, high) for _ in range(count)]
 
 
-async def _gateway_ttft(client: httpx.AsyncClient, concurrency: int, count: int) -> list[float]:
-    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 8}
-
-    async def one() -> float:
+async def _direct_ttft(lanes: Lanes, itl_s: float) -> list[float]:
+    async def one(tokens: int) -> float:
         start = time.perf_counter()
         first = 0.0
+        async for _ in fake_engine(tokens, itl_s):
+            if not first:
+                first = time.perf_counter() - start
+        return first
+
+    return await lanes.run(one)
+
+
+def _chat(tokens: int, text: str = "hi", stream: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "max_tokens": tokens}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+async def _gateway_ttft(client: httpx.AsyncClient, lanes: Lanes, text: str = "hi") -> list[float]:
+    async def one(tokens: int) -> float:
+        start = time.perf_counter()
+        first = 0.0
+        body = _chat(tokens, text)
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             async for line in response.aiter_lines():
                 if not first and '"content":" t' in line:
                     first = time.perf_counter() - start
         return first
 
-    return await _in_waves(one, concurrency, count)
+    return await lanes.run(one)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -170,19 +225,19 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def _throughput(client: httpx.AsyncClient, count: int, pids: dict[str, int]) -> None:
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    body = _chat(8, INSTANT, stream=False)
 
-    async def one() -> float:
+    async def one(tokens: int) -> float:
         response = await client.post("/v1/chat/completions", json=body)
         response.raise_for_status()
         return 0.0
 
     cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     start = time.perf_counter()
-    await _in_waves(one, 64, count)
+    await Lanes(64, count, [8] * count, 0.0).run(one)
     rps = count / (time.perf_counter() - start)
     used = {name: (_cpu_seconds(pid) - cpu[name]) / count for name, pid in pids.items()}
-    print(f"small chat, non-streamed, 64 concurrent: {rps:.0f} req/s measured end to end")
+    print(f"small chat, non-streamed, 64 lanes, instant engine: {rps:.0f} req/s end to end")
     for name, per_request in used.items():
         print(
             f"  {name} CPU per request: {per_request * 1000:.2f} ms "
@@ -202,42 +257,58 @@ async def _wait_ready(client: httpx.AsyncClient) -> None:
     raise RuntimeError("the gateway or the worker did not come up")
 
 
-async def _measure(port: int, count: int, tokens: int, pids: dict[str, int]) -> None:
+async def _measure(args: argparse.Namespace, pids: dict[str, int]) -> None:
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+    count, itl_s = args.requests, args.itl_ms / 1000
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}",
+        base_url=f"http://127.0.0.1:{args.port}",
         headers={"Authorization": f"Bearer {KEY}"},
         limits=limits,
         timeout=60,
     ) as client:
         await _wait_ready(client)
-        await _gateway_ttft(client, 8, 100)  # warm up connections and caches
+        await _gateway_ttft(client, Lanes(8, 100, [4] * 100, 0.0), INSTANT)  # warm up
         print(
             f"{'concurrency':>11} {'gateway p50':>12} {'p99':>8} {'direct p50':>11} "
             f"{'p99':>8} {'added p50':>10} {'p99':>8}  (ms)"
         )
         for level in LEVELS:
-            via = await _gateway_ttft(client, level, count)
-            direct = await _direct_ttft(level, count, tokens)
-            g50, g99, d50, d99 = (
-                _pct(via, 0.5),
-                _pct(via, 0.99),
-                _pct(direct, 0.5),
-                _pct(direct, 0.99),
-            )
-            print(
-                f"{level:>11} {g50:>12.2f} {g99:>8.2f} {d50:>11.3f} {d99:>8.3f} "
-                f"{g50 - d50:>10.2f} {g99 - d99:>8.2f}"
-            )
+            lanes = _paced_lanes(level, count, args.tokens, itl_s)
+            via = await _gateway_ttft(client, lanes)
+            _row(str(level), via, await _direct_ttft(lanes, itl_s))
+        saturated = Lanes(64, count, [8] * count, 0.0)
+        via = await _gateway_ttft(client, saturated, INSTANT)
+        _row("64 sat.", via, await _direct_ttft(saturated, 0.0))
+        print(
+            f"({count} requests per row; fake engine {args.itl_ms:g} ms/token, "
+            f"{args.tokens} tokens on average; 'sat.': instant engine, queueing only)"
+        )
         await _throughput(client, count, pids)
-        print(f"({count} requests per row; fake instant engine, real worker loop + Redis)")
+
+
+def _paced_lanes(level: int, count: int, tokens: int, itl_s: float) -> Lanes:
+    """The lanes of one paced row. A lone request's TTFT does not depend on how long its answer
+    is, so the 1-lane row takes a quarter of the requests with 8-token answers (minutes less)."""
+    if level == 1:
+        count, tokens = max(50, count // 4), min(tokens, 8)
+    return Lanes(level, count, answer_lengths(count, tokens), tokens * itl_s)
+
+
+def _row(label: str, via: list[float], direct: list[float]) -> None:
+    g50, g99, d50, d99 = _pct(via, 0.5), _pct(via, 0.99), _pct(direct, 0.5), _pct(direct, 0.99)
+    print(
+        f"{label:>11} {g50:>12.2f} {g99:>8.2f} {d50:>11.3f} {d99:>8.3f} "
+        f"{g50 - d50:>10.2f} {g99 - d99:>8.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``seedx bench gateway`` (and ``python -m server.bench``)."""
     args = _parse(sys.argv[1:] if argv is None else argv)
     if args.role == "worker":
-        asyncio.run(_serve_worker(args.redis_url, args.tokens))
+        from workers import runloop
+
+        runloop.run(_serve_worker(args.redis_url, args.itl_ms / 1000))
         return 0
     if args.role == "gateway":
         _serve_gateway(args.redis_url, args.port)
@@ -246,13 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"gateway bench: python {platform.python_version()}, {os.cpu_count()} CPUs, redis {url}"
         )
-        common = ["--redis-url", url, "--tokens", str(args.tokens)]
+        common = ["--redis-url", url, "--itl-ms", str(args.itl_ms)]
         with (
             _process("--role", "worker", *common) as worker,
             _process("--role", "gateway", "--port", str(args.port), *common) as gateway,
         ):
             pids = {"gateway": gateway.pid, "worker": worker.pid}
-            asyncio.run(_measure(args.port, args.requests, args.tokens, pids))
+            asyncio.run(_measure(args, pids))
     return 0
 
 

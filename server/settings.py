@@ -112,9 +112,23 @@ class Admission(_Group):
     stats_ttl_s: float = Field(
         default=0.05, ge=0, le=5, description="How long one read of a queue's depth is reused."
     )
+    stats_max_age_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=30,
+        description="Past stats_ttl_s, a read this young still answers while a background read "
+        "replaces it, so requests do not wait on Redis for admission; 0: wait for a fresh read.",
+    )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with a 429.")
     directory_ttl_s: float = Field(
         default=1.0, ge=0, le=30, description="How long the list of live workers is reused."
+    )
+    directory_max_age_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        description="Past directory_ttl_s, a list this young still answers while a background "
+        "read replaces it; 0: wait for a fresh read.",
     )
     scale_to_zero: tuple[Literal["llm", "diffusion"], ...] = Field(
         default=(),

@@ -26,9 +26,9 @@ from redis.exceptions import ResponseError
 
 from workers import keys
 from workers.errors import TransportError
-from workers.protocol import ErrorPayload, Event, Failed
+from workers.protocol import ErrorPayload, Event, Failed, Started, encode
 from workers.queue import JOB_FIELD, DeadLetter, ensure_group, stream_entries, trim_acknowledged
-from workers.replies import ReplyWriter
+from workers.replies import REPLY_FIELD, ReplyWriter
 from workers.settings import QueueSettings
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,16 @@ for i = 4, #ARGV do
   end
 end
 return lost
+"""
+
+# KEYS: cancel flag, reply stream. ARGV: maxlen, field, encoded Started reply.
+# Appends the Started reply unless the job was cancelled; returns 1 when appended.
+_START_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3])
+return 1
 """
 
 
@@ -68,6 +78,7 @@ class StreamConsumer:
         self._settings = settings
         self._cursor = b"0-0"
         self._touch_script = redis.register_script(_TOUCH_LUA)
+        self._start_script = redis.register_script(_START_LUA)
 
     async def ensure_group(self) -> None:
         """Create the consumer group if it does not exist (idempotent)."""
@@ -187,6 +198,21 @@ class StreamConsumer:
         logger.warning(
             "dead-lettered job entry %s of %s: %s", delivery.entry_id, self.stream, reason
         )
+
+    async def start(self, job_id: str, writer: ReplyWriter, started: Started) -> bool:
+        """Send ``started`` unless the job was cancelled while queued; False if it was.
+
+        One round trip for the check and the event: both lie on the path to the job's first
+        token, which its requester is waiting for (issue 6's added TTFT).
+        """
+        payload = encode(writer.stamp(started))
+        appended = await self._start_script(
+            keys=[keys.cancel_key(job_id), writer.stream],
+            args=[writer.maxlen, REPLY_FIELD, payload],
+        )
+        if not appended:
+            writer.unstamp()
+        return bool(appended)
 
     async def cancelled(self, job_ids: list[str]) -> set[str]:
         """Which of ``job_ids`` have been cancelled."""

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from workers import keys, metrics
 from workers.connection import CONNECTION_ERRORS
 from workers.consumer import Delivery, StreamConsumer
-from workers.errors import Cancelled, DeadLettered, DeadlineExceeded
+from workers.errors import Cancelled, DeadLettered, DeadlineExceeded, TransportError
 from workers.handler import Handler, JobContext, close_events, failure_event, stop_event
 from workers.logcontext import bind_job
 from workers.protocol import (
@@ -89,31 +89,34 @@ class JobExecutor:
             )
             await self._consumer.dead_letter(delivery, error.message, error, writer)
             return "dead_lettered"
-        refusal = await self._refusal(job)
-        if refusal is not None:
-            await self._consumer.finish(delivery.entry_id, writer, refusal)
-            return _outcome(refusal)
-        return await self._execute(delivery, job, ctx, writer)
-
-    async def _refusal(self, job: Job) -> Failed | None:
-        """Why ``job`` must not start (cancelled, or past its deadline), as its terminal event."""
-        if await self._consumer.cancelled([job.job_id]):
-            logger.info("job cancelled before it started")
-            return Failed(error=ErrorPayload.from_error(Cancelled("the job was cancelled")))
         if job.deadline <= time.time():
             logger.info("job deadline passed before it started; dropped")
-            error = DeadlineExceeded("the job's deadline passed before a worker could start it")
-            return Failed(error=ErrorPayload.from_error(error))
-        return None
+            late = DeadlineExceeded("the job's deadline passed before a worker could start it")
+            return await self._refuse(delivery, writer, late)
+        return await self._execute(delivery, job, ctx, writer)
+
+    async def _refuse(
+        self, delivery: Delivery, writer: ReplyWriter, error: TransportError
+    ) -> metrics.Outcome:
+        """End a job that must not start with ``error`` as its terminal event."""
+        refusal = Failed(error=ErrorPayload.from_error(error))
+        await self._consumer.finish(delivery.entry_id, writer, refusal)
+        return _outcome(refusal)
 
     async def _execute(
         self, delivery: Delivery, job: Job, ctx: JobContext, writer: ReplyWriter
     ) -> metrics.Outcome:
         wait_s = max(0.0, time.time() - job.created_at)
+        started_event = Started(worker_id=self._worker_id, queue_wait_s=wait_s)
+        try:
+            if not await self._consumer.start(job.job_id, writer, started_event):
+                logger.info("job cancelled before it started")
+                return await self._refuse(delivery, writer, Cancelled("the job was cancelled"))
+        except CONNECTION_ERRORS as exc:
+            raise _Abandon(f"cannot write events: {exc}") from exc
         metrics.QUEUE_WAIT.labels(self._stage).observe(wait_s)
         logger.info("job started (attempt %d, queued %.3fs)", ctx.attempt, wait_s)
         started = time.monotonic()
-        await self._emit(writer, Started(worker_id=self._worker_id, queue_wait_s=wait_s))
         terminal = await self._run_handler(job, ctx, writer)
         if terminal is None:
             logger.warning("job was reclaimed by another worker; dropping this attempt")

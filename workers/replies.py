@@ -68,6 +68,20 @@ class ReplyWriter:
         self._attempt = attempt
         self._seq = 0
 
+    @property
+    def stream(self) -> str:
+        """The reply stream the events go to."""
+        return self._reply_to
+
+    @property
+    def maxlen(self) -> int:
+        """The approximate cap of the reply stream."""
+        return self._maxlen
+
+    def unstamp(self) -> None:
+        """Take back the last :meth:`stamp` (its event was not sent after all)."""
+        self._seq -= 1
+
     def stamp(self, event: Event) -> Reply:
         """Wrap ``event`` in the next Reply of this attempt (``seq`` counts from 0)."""
         reply = Reply(

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from engine.pipelines import DetokenizerPipeline
+from workers import runloop
 from workers.diffusion.batching import BatchPolicy
 from workers.diffusion.dispatcher import BatchDispatcher
 from workers.diffusion.handler import DiffusionJobHandler
@@ -174,5 +175,5 @@ def main(
         overrides["redis"] = {"url": redis_url}  # merged with SEEDX_DIFFUSION_REDIS__* values
     settings = DiffusionWorkerSettings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    runloop.run(serve(settings))
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers import runloop
 from workers.settings import QueueSettings, RedisSettings
 
 logger = logging.getLogger(__name__)
@@ -135,5 +136,5 @@ def main(
     if redis_url is not None:
         overrides["redis"] = {"url": redis_url}  # merged with SEEDX_LLM_REDIS__* values
     settings = LLMWorkerSettings(**overrides)  # type: ignore[arg-type]
-    asyncio.run(serve(settings))
+    runloop.run(serve(settings))
     return 0

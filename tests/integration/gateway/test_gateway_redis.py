@@ -46,7 +46,12 @@ def gateway_settings(redis: RedisSettings, queue: QueueSettings, **extra: Any) -
         "api_keys": [KEY],
         "redis": redis,
         "queue": queue,
-        "admission": {"stats_ttl_s": 0, "directory_ttl_s": 0},
+        "admission": {
+            "stats_ttl_s": 0,
+            "stats_max_age_s": 0,
+            "directory_ttl_s": 0,
+            "directory_max_age_s": 0,
+        },
         "bounds": {"default_size": "64x64", "default_steps": 2},
         "chat_timeout_s": 10,
         "image_timeout_s": 10,
@@ -133,7 +138,9 @@ async def test_full_queue_is_429_from_the_real_depth(
     redis: Redis, redis_settings: RedisSettings, queue_settings: QueueSettings
 ) -> None:
     settings = gateway_settings(
-        redis_settings, queue_settings, admission={"stats_ttl_s": 0, "llm_max_queue": 2}
+        redis_settings,
+        queue_settings,
+        admission={"stats_ttl_s": 0, "stats_max_age_s": 0, "llm_max_queue": 2},
     )
     app = create_app(settings)
     slow = {**CHAT, "messages": [{"role": "user", "content": "slow"}]}

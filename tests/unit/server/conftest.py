@@ -23,7 +23,12 @@ def make_settings(**overrides: Any) -> GatewaySettings:
     """Settings for tests: one key, no caching of worker lists or queue depths."""
     values: dict[str, Any] = {
         "api_keys": [API_KEY],
-        "admission": {"stats_ttl_s": 0, "directory_ttl_s": 0},
+        "admission": {
+            "stats_ttl_s": 0,
+            "stats_max_age_s": 0,
+            "directory_ttl_s": 0,
+            "directory_max_age_s": 0,
+        },
         "bounds": {"default_size": "64x64", "default_steps": 2},
         **overrides,
     }

@@ -156,7 +156,13 @@ async def test_open_app_without_keys_when_allowed() -> None:
     assert AUTH  # the default test app does require keys (see test_auth_limits)
 
 
-SCALE_TO_ZERO = {"stats_ttl_s": 0, "directory_ttl_s": 0, "scale_to_zero": ["diffusion"]}
+SCALE_TO_ZERO = {
+    "stats_ttl_s": 0,
+    "stats_max_age_s": 0,
+    "directory_ttl_s": 0,
+    "directory_max_age_s": 0,
+    "scale_to_zero": ["diffusion"],
+}
 
 
 @pytest.mark.parametrize("settings", [make_settings(admission=SCALE_TO_ZERO)])
