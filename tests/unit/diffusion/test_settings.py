@@ -57,7 +57,7 @@ def test_cli_flags_override_the_environment(tmp_path: Path) -> None:
     with (
         mock.patch("workers.diffusion.worker.serve", serve),
         mock.patch("workers.diffusion.worker.configure_logging") as configure,
-        mock.patch("asyncio.run"),
+        mock.patch("workers.runloop.run"),
     ):
         assert args.handler(args) == 0
     configure.assert_called_once_with("info")
