@@ -71,7 +71,11 @@ def create_app(settings: GatewaySettings, backend: Backend | None = None) -> Fas
     if settings.playground_enabled:
         mount_playground(app)
         open_paths |= playground_paths()
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+    )
     app.add_middleware(
         APIKeyMiddleware, checker=KeyChecker(settings.load_api_keys()), open_paths=open_paths
     )

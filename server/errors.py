@@ -174,9 +174,16 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
         type_ = "invalid_request_error" if status < 500 else "server_error"
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(status)
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            408: "request_timeout",
+            413: "payload_too_large",
+        }.get(status)
         if status == 413:
             reject(request.scope, "too_large")
+        elif status == 408:
+            reject(request.scope, "body_timeout")
         body = error_body(str(exc.detail), type_, code)
         return JSONResponse(body, status_code=status, headers=exc.headers)
 

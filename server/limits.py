@@ -1,13 +1,19 @@
-"""The request body limit, enforced while the body streams in.
+"""The request body limits, enforced while the body streams in.
 
 A declared ``Content-Length`` over the limit is refused with 413 before a byte of the body is
 read. A body without one (chunked) or that lies about it is counted as it arrives, and reading
 stops with 413 at the first chunk past the limit, so a client cannot make the gateway buffer
 more than ``max_body_bytes`` (plus one chunk) whatever it claims.
+
+A body that stops arriving (a client that sent fewer bytes than its ``Content-Length``, or a
+slow-loris trickle with pauses) is answered 408 once no byte came for ``body_timeout_s``, so it
+cannot hold a connection and a request slot forever. Only reads of the body are timed: after
+the last chunk, ``receive`` waits for the client's disconnect for as long as the answer takes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import HTTPException
@@ -30,6 +36,13 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
 
 
+class BodyTimeout(HTTPException):
+    """Raised inside ``receive`` when the body stalls (answered as OpenAI-style 408)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"no request body bytes arrived for {timeout_s:g}s; send it whole")
+
+
 def _declared_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -43,9 +56,10 @@ def _declared_length(scope: Scope) -> int | None:
 class BodyLimitMiddleware:
     """413 for bodies over ``max_bytes``; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,16 +79,26 @@ class BodyLimitMiddleware:
             await error_response(error)(scope, receive, send)
             return
         seen = 0
-        limit = self.max_bytes
+        limit, timeout_s = self.max_bytes, self.timeout_s
+        body_done = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    logger.warning("body of %s passed %d bytes; refused", scope["path"], limit)
-                    raise BodyTooLarge(limit)
+            nonlocal seen, body_done
+            if body_done:
+                return await receive()  # the disconnect watch: no time limit
+            try:
+                message = await asyncio.wait_for(receive(), timeout_s)
+            except asyncio.TimeoutError:
+                logger.warning("body of %s stalled for %gs; refused", scope["path"], timeout_s)
+                raise BodyTimeout(timeout_s) from None
+            if message["type"] != "http.request":
+                body_done = True
+                return message
+            body_done = not message.get("more_body", False)
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                logger.warning("body of %s passed %d bytes; refused", scope["path"], limit)
+                raise BodyTooLarge(limit)
             return message
 
         await self.app(scope, counting_receive, send)

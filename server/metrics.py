@@ -17,7 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
-RejectReason = Literal["overloaded", "unavailable", "model_not_found", "too_large", "auth"]
+RejectReason = Literal[
+    "overloaded", "unavailable", "model_not_found", "too_large", "body_timeout", "auth"
+]
 
 REQUESTS = Counter(
     "seedx_gateway_requests_total",

@@ -183,6 +183,12 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(
         default=64 * 2**20, ge=1024, description="Request body limit, enforced while reading."
     )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="A request body that stops arriving for this long is answered 408.",
+    )
     chat_timeout_s: float = Field(
         default=300.0, gt=0, description="Deadline of a chat request (all its jobs)."
     )

@@ -202,6 +202,7 @@ class Stack:
             SEEDX_GATEWAY_ADMISSION__DIFFUSION_MAX_QUEUE=str(c.diffusion_max_queue),
             SEEDX_GATEWAY_ADMISSION__DIRECTORY_TTL_S="0.5",
             SEEDX_GATEWAY_MAX_BODY_BYTES=str(c.max_body_bytes),
+            SEEDX_GATEWAY_BODY_TIMEOUT_S="2",
             SEEDX_GATEWAY_MEDIA__MAX_IMAGE_BYTES=str(c.max_image_bytes),
             SEEDX_GATEWAY_MEDIA__MAX_IMAGE_PIXELS=str(4096 * 4096),
             SEEDX_GATEWAY_CHAT_TIMEOUT_S=str(c.request_timeout_s),

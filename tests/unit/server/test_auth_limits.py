@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -138,3 +140,42 @@ async def test_cors_preflight_when_configured(backend: FakeBackend) -> None:
         )
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "https://app.example"
+
+
+async def test_a_stalled_body_is_408(backend: FakeBackend) -> None:
+    app = create_app(make_settings(body_timeout_s=0.2), backend)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"messages": ['
+        await asyncio.sleep(30)  # the client stops sending (fewer bytes than declared)
+        yield b"]}"
+
+    async with app.router.lifespan_context(app), anonymous(app) as client:
+        started = time.monotonic()
+        response = await client.post(
+            "/v1/chat/completions",
+            content=body(),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        )
+    assert response.status_code == 408
+    assert response.json()["error"]["code"] == "request_timeout"
+    assert time.monotonic() - started < 5
+
+
+async def test_a_slow_body_that_keeps_coming_is_read(backend: FakeBackend) -> None:
+    app = create_app(make_settings(body_timeout_s=0.5), backend)
+    backend.serve("llm", "seed-x-i")
+    payload = b'{"messages": [{"role": "user", "content": "hi"}]}'
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(0, len(payload), 8):  # ~1 s in all, never 0.5 s without a byte
+            await asyncio.sleep(0.1)
+            yield payload[i : i + 8]
+
+    async with app.router.lifespan_context(app), anonymous(app) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            content=body(),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        )
+    assert response.status_code == 200, response.text
