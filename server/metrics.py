@@ -15,6 +15,9 @@ from typing import Literal
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from workers.logcontext import bind_trace
+from workers.protocol import new_id
+
 logger = logging.getLogger(__name__)
 
 RejectReason = Literal[
@@ -76,8 +79,20 @@ def route_of(scope: Scope) -> str:
     return path if isinstance(path, str) else "other"
 
 
+def request_id_of(scope: Scope) -> str:
+    """The id :class:`MetricsMiddleware` gave this request (a fresh one outside it)."""
+    request_id = scope.get("state", {}).get(REQUEST_ID_KEY)
+    return request_id if isinstance(request_id, str) else new_id()
+
+
+REQUEST_ID_KEY = "seedx_request_id"
+
+
 class MetricsMiddleware:
-    """Counts requests and measures latency until the response body is complete."""
+    """Counts requests, measures latency until the response body is complete, and gives each
+    request its id: the ``trace_id`` of its log lines (and of its jobs' lines in the workers)
+    and the ``X-Request-ID`` header of every answer, errors included, for users to quote.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -88,23 +103,30 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        request_id = new_id()
+        scope.setdefault("state", {})[REQUEST_ID_KEY] = request_id
+        header = (b"x-request-id", request_id.encode())
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    message = {**message, "headers": [*headers, header]}
             await send(message)
 
         IN_FLIGHT.inc()
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            IN_FLIGHT.dec()
-            route = route_of(scope)
-            elapsed = time.perf_counter() - started
-            REQUESTS.labels(route, str(status)).inc()
-            LATENCY.labels(route).observe(elapsed)
-            if route not in _QUIET_ROUTES:
-                logger.info(
-                    "%s %s -> %d in %.1f ms", scope["method"], route, status, elapsed * 1000
-                )
+        with bind_trace(request_id):
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                IN_FLIGHT.dec()
+                route = route_of(scope)
+                elapsed = time.perf_counter() - started
+                REQUESTS.labels(route, str(status)).inc()
+                LATENCY.labels(route).observe(elapsed)
+                if route not in _QUIET_ROUTES:
+                    logger.info(
+                        "%s %s -> %d in %.1f ms", scope["method"], route, status, elapsed * 1000
+                    )

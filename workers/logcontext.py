@@ -25,6 +25,13 @@ def bind_job(job_id: str, trace_id: str) -> Iterator[None]:
         _job.reset(token)
 
 
+@contextmanager
+def bind_trace(trace_id: str) -> Iterator[None]:
+    """Attach ``trace_id`` alone (the gateway: one request, before or across its jobs)."""
+    with bind_job("-", trace_id):
+        yield
+
+
 class JobContextFilter(logging.Filter):
     """Adds ``record.job_id`` and ``record.trace_id`` ("-" outside a job) to every record."""
 

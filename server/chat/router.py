@@ -12,9 +12,9 @@ from server.chat.respond import AnswerContext, collect_completion, stream_chunks
 from server.chat.schema import ChatCompletionRequest
 from server.chat.service import run_chat
 from server.deps import GatewayDep
+from server.metrics import request_id_of
 from server.openapi import ERROR_RESPONSES, base_url_of, client_gone
 from server.sse import ClientDisconnected, EventStreamResponse, run_until_disconnect
-from workers.protocol import new_id
 
 router = APIRouter(tags=["chat"])
 
@@ -35,7 +35,7 @@ async def create_chat_completion(
 ) -> Response:
     """OpenAI chat completions with images in and out (see ``server.chat.render``)."""
     started = time.perf_counter()
-    request_id = new_id()
+    request_id = request_id_of(request.scope)
     outputs = run_chat(gateway, body, request_id)
     try:
         accepted = await run_until_disconnect(request, anext(outputs))

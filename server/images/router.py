@@ -13,12 +13,12 @@ from server.deps import GatewayDep
 from server.images import service
 from server.images.respond import ImagesContext, collect_images, stream_images
 from server.images.schema import ImageEditForm, ImageGenerateRequest, ImageVariationForm
+from server.metrics import request_id_of
 from server.openapi import ERROR_RESPONSES, base_url_of, client_gone
 from server.orchestrate import Output
 from server.rendering import ImageSpec
 from server.sse import ClientDisconnected, EventStreamResponse, run_until_disconnect
 from server.state import Gateway
-from workers.protocol import new_id
 
 router = APIRouter(tags=["images"])
 
@@ -80,7 +80,7 @@ async def create_image(
     body: ImageGenerateRequest, request: Request, gateway: GatewayDep
 ) -> Response:
     """Text to image: the LLM writes the visual embedding, the de-tokenizer renders it."""
-    request_id = new_id()
+    request_id = request_id_of(request.scope)
     outputs = service.generate(gateway, body, request_id)
     ctx = _context(request, gateway, request_id, body, "image_generation", usage=True)
     return await _answer(request, gateway, outputs, ctx, body.stream)
@@ -93,7 +93,7 @@ async def edit_image(
     gateway: GatewayDep,
 ) -> Response:
     """Instruction editing with SEED-X-Edit (one source image; masks are refused)."""
-    request_id = new_id()
+    request_id = request_id_of(request.scope)
     outputs = service.edit(gateway, form, request_id)
     ctx = _context(request, gateway, request_id, form, "image_edit", usage=True)
     return await _answer(request, gateway, outputs, ctx, form.stream)
@@ -106,7 +106,7 @@ async def create_variation(
     gateway: GatewayDep,
 ) -> Response:
     """Variations: the image re-generated from its own ViT features (no LLM)."""
-    request_id = new_id()
+    request_id = request_id_of(request.scope)
     outputs = service.vary(gateway, form, request_id)
     ctx = _context(request, gateway, request_id, form, "image_generation", usage=False)
     return await _answer(request, gateway, outputs, ctx, stream=False)
