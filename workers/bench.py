@@ -31,7 +31,7 @@ from workers.blobs import BlobStore
 from workers.connection import create_redis
 from workers.handler import JobContext
 from workers.protocol import ChatJob, ChatMessage, Event, Job, TextDelta, TextPart, new_id
-from workers.replies import ReplyWriter, Subscription
+from workers.replies import ReplyBatcher, ReplyWriter, Subscription
 from workers.settings import QueueSettings, RedisSettings
 from workers.transport import Transport
 from workers.worker import Worker
@@ -178,17 +178,24 @@ async def _bench_jobs(transport: Transport, ops: int) -> None:
 
 
 async def _bench_events(transport: Transport, redis_settings: RedisSettings, total: int) -> None:
-    print("events through one reply stream (XADD per event -> reader -> subscription):")
-    for producers in CONCURRENCY:
-        rate = await _event_rate(transport, redis_settings, producers, total)
-        print(f"  {'text deltas':<28} producers={producers:<3} {rate:10,.0f} events/s")
+    print("events through one reply stream (-> reader -> subscription):")
+    for batched in (False, True):
+        label = "text deltas, " + ("pipelined (worker)" if batched else "XADD each")
+        for producers in CONCURRENCY:
+            rate = await _event_rate(transport, redis_settings, producers, total, batched)
+            print(f"  {label:<34} producers={producers:<3} {rate:10,.0f} events/s")
 
 
 async def _event_rate(
-    transport: Transport, redis_settings: RedisSettings, producers: int, total: int
+    transport: Transport,
+    redis_settings: RedisSettings,
+    producers: int,
+    total: int,
+    batched: bool,
 ) -> float:
     per_job = total // producers
     redis = create_redis(redis_settings)
+    batcher = ReplyBatcher(redis) if batched else None
     jobs = [_empty_job(transport.reply_to) for _ in range(producers)]
     subs = [transport.reader.subscribe(job.job_id, job.deadline) for job in jobs]
 
@@ -201,6 +208,7 @@ async def _event_rate(
             request_id=job.request_id,
             trace_id="",
             attempt=1,
+            batcher=batcher,
         )
         for _ in range(per_job):
             await writer.emit(TextDelta(text="tok"))

@@ -30,7 +30,7 @@ from workers.protocol import (
     Started,
     Undecodable,
 )
-from workers.replies import ReplyWriter
+from workers.replies import ReplyBatcher, ReplyWriter
 from workers.settings import QueueSettings
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class JobExecutor:
         self._handler = handler
         self._worker_id = worker_id
         self._stage = stage
+        self._batcher = ReplyBatcher(redis)  # every job's events, pipelined together
         self.processed = 0
 
     async def process(self, delivery: Delivery, job: Job, ctx: JobContext) -> None:
@@ -176,6 +177,7 @@ class JobExecutor:
             request_id=request_id or job_id,
             trace_id=trace_id,
             attempt=attempt,
+            batcher=self._batcher,
         )
 
 
