@@ -52,8 +52,11 @@ class ReplyBatcher:
     streams decoding in lock-step cost 64 round trips per engine step; the tokens of one step
     reach the worker's loop together, so appends queued in the same loop iteration go out as
     one pipeline (one write, one read) instead. Each caller still awaits its own append, so the
-    events of a job stay in order, and a failed append raises in the job that made it. A lone
-    job pays one loop iteration (microseconds) for the flush task to run.
+    events of a job stay in order, and a failed append raises in the job that made it.
+
+    Group commit: an append that finds nothing in flight goes out at once on its own (a lone
+    stream pays nothing for batching); appends arriving while one is in flight are queued and
+    sent together by a flush task.
     """
 
     def __init__(self, redis: Redis, max_batch: int = 512) -> None:
@@ -61,9 +64,19 @@ class ReplyBatcher:
         self._max_batch = max_batch
         self._pending: list[tuple[str, bytes, int, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._direct = False  # a lone append is in flight
 
     async def append(self, stream: str, payload: bytes, maxlen: int) -> None:
-        """XADD ``payload`` to ``stream`` in the next pipeline; returns once it is stored."""
+        """XADD ``payload`` to ``stream``; returns once it is stored."""
+        if not self._direct and self._flusher is None:
+            self._direct = True
+            try:
+                await self._redis.xadd(
+                    stream, {REPLY_FIELD: payload}, maxlen=maxlen, approximate=True
+                )
+            finally:
+                self._direct = False
+            return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((stream, payload, maxlen, done))
         if self._flusher is None:
