@@ -14,7 +14,10 @@ burst cannot overshoot the bound by more than one refresh interval's worth of ot
 traffic. Past its TTL a read is refreshed *ahead*: while it is younger than the matching
 ``*_max_age_s``, it still answers and one background task reads the new value, so under steady
 traffic no request waits on a Redis round trip before its job is queued (issue 6's added TTFT);
-only a read older than that (an idle gateway) is awaited. A request refused after admission but
+only a read older than that (an idle gateway) is awaited. A stale read may admit but never
+refuse: before a 429, 503 or 404 rests on a read past its TTL, the request waits for a fresh one
+(the read already in flight, if any), so a burst after a quiet moment is not turned away on an
+estimate that still counts jobs which have finished since. A request refused after admission but
 before any job was queued (a bad image, a refused URL) hands its share back
 (:meth:`AdmissionControl.release`), so a burst of invalid requests cannot make valid ones look
 like overload. The queue's own atomic bound
@@ -60,6 +63,12 @@ class BackgroundReads(Generic[K]):
             return
         task = asyncio.get_running_loop().create_task(self._run(key, read))
         self._tasks[key] = task
+
+    async def settle(self, key: K) -> None:
+        """Wait for the background read of ``key`` to end, if one is running."""
+        task = self._tasks.get(key)
+        if task is not None:
+            await asyncio.shield(task)
 
     async def _run(self, key: K, read: Callable[[], Awaitable[object]]) -> None:
         try:
@@ -113,14 +122,18 @@ class ModelDirectory:
         self._lock = asyncio.Lock()
         self._refresh: BackgroundReads[str] = BackgroundReads("the worker directory")
 
-    async def workers(self) -> list[WorkerInfo]:
-        """The live workers (a cached read; Unavailable when Redis cannot be reached)."""
+    async def workers(self, fresh: bool = False) -> list[WorkerInfo]:
+        """The live workers (a cached read; Unavailable when Redis cannot be reached).
+
+        ``fresh``: no read past its TTL (the one in flight is awaited, or a new one made).
+        """
         age = time.monotonic() - self._read_at
         if age < self._ttl_s:
             return self._workers
-        if age < self._max_age_s:
+        if age < self._max_age_s and not fresh:
             self._refresh.start("workers", self._read)
             return self._workers
+        await self._refresh.settle("workers")
         async with self._lock:
             if time.monotonic() - self._read_at >= self._ttl_s:
                 await self._read()
@@ -144,16 +157,21 @@ class ModelDirectory:
     def _waits_for_autoscaler(self, need: StageModel) -> bool:
         return need.model in self._scale_to_zero.get(need.stage, frozenset())
 
-    async def served(self, stage: keys.Stage | None = None) -> set[str]:
+    async def served(self, stage: keys.Stage | None = None, fresh: bool = False) -> set[str]:
         """The models with at least one live worker (of ``stage`` when given)."""
-        return {w.model for w in await self.workers() if stage is None or w.stage == stage}
+        workers = await self.workers(fresh)
+        return {w.model for w in workers if stage is None or w.stage == stage}
+
+    async def _serves(self, need: StageModel) -> bool:
+        """Whether ``need`` has a live worker; a "no" is never taken from a stale read."""
+        if need.model in await self.served(need.stage):
+            return True
+        return need.model in await self.served(need.stage, fresh=True)
 
     async def require(self, requested: StageModel, downstream: Iterable[StageModel] = ()) -> None:
         """404 for an unknown model; 503 unless ``requested`` and every ``downstream`` stage
         have a live worker (or may scale to zero: the job then waits in its queue)."""
-        if not self._waits_for_autoscaler(requested) and requested.model not in await self.served(
-            requested.stage
-        ):
+        if not self._waits_for_autoscaler(requested) and not await self._serves(requested):
             seen = self._last_served.get((requested.stage, requested.model))
             if seen is not None and time.monotonic() - seen < RECENTLY_SERVED_S:
                 raise Unavailable(
@@ -166,7 +184,7 @@ class ModelDirectory:
         for need in downstream:
             if self._waits_for_autoscaler(need):
                 continue
-            if need.model not in await self.served(need.stage):
+            if not await self._serves(need):
                 raise Unavailable(
                     f"no {need.stage} worker for {need.model!r} is running; retry later"
                 )
@@ -197,8 +215,11 @@ class AdmissionControl:
         """Raise Overloaded (429) unless every queue can take the jobs ``demand`` asks of it."""
         if not self._backend.connected:
             raise Unavailable("the job store is unreachable; retry later")
+        asked = time.monotonic()
         loads = {queue: await self._load(queue) for queue in demand}
         for queue, load in loads.items():
+            if load + demand[queue] > self.limit(queue.stage) and self._stale(queue, asked):
+                loads[queue] = load = await self._load(queue, fresh=True)
             if load + demand[queue] > self.limit(queue.stage):
                 raise Overloaded(
                     f"the {queue.stage} queue of {queue.model!r} is full ({load} jobs); retry later"
@@ -221,15 +242,34 @@ class AdmissionControl:
             if cached is not None and cached[0] == read_at:
                 self._loads[queue] = (read_at, max(0, cached[1] - jobs))
 
-    async def _load(self, queue: StageModel) -> int:
+    def _stale(self, queue: StageModel, asked: float) -> bool:
+        """Whether the estimate of ``queue`` is past its TTL and was read before ``asked``."""
+        read_at = self._loads[queue][0]
+        return read_at < asked and time.monotonic() - read_at >= self._settings.stats_ttl_s
+
+    async def _load(self, queue: StageModel, fresh: bool = False) -> int:
+        """Queued+running jobs of ``queue`` (see the module docstring for how fresh).
+
+        ``fresh``: no read past its TTL (the one in flight is awaited, or a new one made).
+        """
         cached = self._loads.get(queue)
         if cached is not None:
             age = time.monotonic() - cached[0]
             if age < self._settings.stats_ttl_s:
                 return cached[1]
-            if age < self._settings.stats_max_age_s:
+            if age < self._settings.stats_max_age_s and not fresh:
                 self._refresh.start(queue, lambda: self._read(queue))
                 return cached[1]
+        # One read for every request waiting here (single flight), then the value it stored; a
+        # read that failed in the background is made again in the open, so its error shows.
+        asked = time.monotonic()
+        self._refresh.start(queue, lambda: self._read(queue))
+        await self._refresh.settle(queue)
+        cached = self._loads.get(queue)
+        if cached is not None and (
+            cached[0] >= asked or time.monotonic() - cached[0] < self._settings.stats_ttl_s
+        ):
+            return cached[1]
         return await self._read(queue)
 
     async def _read(self, queue: StageModel) -> int:

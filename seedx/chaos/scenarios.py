@@ -354,13 +354,18 @@ async def poison(stack: Stack, others: int = 12) -> Figures:
     reply_to = "seedx:replies:chaos-poison"
     entry, _ = await asyncio.to_thread(_plant_poison, stack, reply_to)
     started = time.monotonic()
-    async with client_for(stack) as client:
-        results = await asyncio.gather(
-            *(
-                post(client, "/v1/chat/completions", json=chat_body(max_tokens=8), timeout_s=60)
-                for _ in range(others)
+    # At most half the LLM queue's bound in flight: the others must all be admitted, so what
+    # is measured is the poison's effect on them, not admission control.
+    lanes = asyncio.Semaphore(max(1, stack.config.llm_max_queue // 2))
+
+    async def other(client: httpx.AsyncClient) -> Any:
+        async with lanes:
+            return await post(
+                client, "/v1/chat/completions", json=chat_body(max_tokens=8), timeout_s=60
             )
-        )
+
+    async with client_for(stack) as client:
+        results = await asyncio.gather(*(other(client) for _ in range(others)))
 
     def terminal() -> str | None:
         client = stack.redis_client()

@@ -108,3 +108,37 @@ async def test_the_directory_refreshes_ahead_too() -> None:
     assert await directory.served("llm") == set()
     assert backend.worker_reads == 2  # the third call started one more in the background
     await directory.close()
+
+
+async def test_a_stale_estimate_never_refuses() -> None:
+    # A burst filled the local estimate; its jobs have finished since. The next request must
+    # not be refused on that estimate: past its TTL it is re-read before any 429.
+    backend = CountingBackend()
+    admission = control(backend, ttl=0, max_age=30)
+    for _ in range(10):
+        await admission.admit({LLM: 1})  # the estimate now counts 10 (the bound)
+    backend.loads[("llm", "seed-x-i")] = 0  # ... all done
+    await admission.admit({LLM: 1})  # admitted on a fresh read, not refused on the stale one
+    await admission.close()
+
+
+async def test_concurrent_fresh_reads_share_one_round_trip() -> None:
+    backend = CountingBackend()
+    admission = control(backend, ttl=5, max_age=30)
+    backend.gate = asyncio.Event()
+    waiting = [asyncio.create_task(admission.admit({LLM: 1})) for _ in range(8)]
+    await settle()
+    backend.gate.set()
+    await asyncio.gather(*waiting)
+    assert backend.load_reads == 1
+    await admission.close()
+
+
+async def test_a_stale_directory_never_answers_503() -> None:
+    backend = CountingBackend()
+    backend.serve("llm", "seed-x-i")
+    directory = ModelDirectory(backend, ttl_s=0, max_age_s=60)
+    await directory.require(LLM)
+    backend.serve("diffusion", "first_stage")  # a worker that came up after the last read
+    await directory.require(LLM, [StageModel("diffusion", "first_stage")])  # re-read, no 503
+    await directory.close()
