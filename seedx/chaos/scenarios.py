@@ -162,6 +162,9 @@ async def kill_worker(stack: Stack, stage: str, jobs: int) -> Figures:
     one image each. Recovery: from the kill until the last request in flight is answered.
     """
     kind = "llm" if stage == "llm" else "diffusion"
+    # No more jobs than the stage's queue admits: more would measure admission, not recovery.
+    bound = stack.config.llm_max_queue if kind == "llm" else stack.config.diffusion_max_queue
+    jobs = min(jobs, bound)
     await asyncio.to_thread(stack.wait_ready)
     victim = stack.workers(kind)[0]
     victim_id = await asyncio.to_thread(stack.worker_id, victim)
