@@ -119,7 +119,6 @@ class ModelDirectory:
         self._last_served: dict[tuple[str, str], float] = {}
         self._workers: list[WorkerInfo] = []
         self._read_at = -1e9
-        self._lock = asyncio.Lock()
         self._refresh: BackgroundReads[str] = BackgroundReads("the worker directory")
 
     async def workers(self, fresh: bool = False) -> list[WorkerInfo]:
@@ -133,10 +132,13 @@ class ModelDirectory:
         if age < self._max_age_s and not fresh:
             self._refresh.start("workers", self._read)
             return self._workers
+        # One read for every request waiting here (single flight); a read that failed in the
+        # background is made again in the open, so its error shows.
+        asked = time.monotonic()
+        self._refresh.start("workers", self._read)
         await self._refresh.settle("workers")
-        async with self._lock:
-            if time.monotonic() - self._read_at >= self._ttl_s:
-                await self._read()
+        if self._read_at < asked and time.monotonic() - self._read_at >= self._ttl_s:
+            await self._read()
         return self._workers
 
     async def _read(self) -> None:

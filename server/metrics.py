@@ -79,13 +79,13 @@ def route_of(scope: Scope) -> str:
     return path if isinstance(path, str) else "other"
 
 
+REQUEST_ID_KEY = "seedx_request_id"
+
+
 def request_id_of(scope: Scope) -> str:
     """The id :class:`MetricsMiddleware` gave this request (a fresh one outside it)."""
     request_id = scope.get("state", {}).get(REQUEST_ID_KEY)
     return request_id if isinstance(request_id, str) else new_id()
-
-
-REQUEST_ID_KEY = "seedx_request_id"
 
 
 class MetricsMiddleware:

@@ -50,9 +50,9 @@ class ReplyBatcher:
 
     A worker relays one event per generated token of each running job. Sent one by one, 64
     streams decoding in lock-step cost 64 round trips per engine step; the tokens of one step
-    reach the worker's loop together, so appends queued in the same loop iteration go out as
-    one pipeline (one write, one read) instead. Each caller still awaits its own append, so the
-    events of a job stay in order, and a failed append raises in the job that made it.
+    reach the worker's loop together, so they can share a pipeline (one write, one read). Each
+    caller still awaits its own append, so the events of a job stay in order, and a failed
+    append raises in the job that made it.
 
     Group commit: an append that finds nothing in flight goes out at once on its own (a lone
     stream pays nothing for batching); appends arriving while one is in flight are queued and
@@ -119,8 +119,8 @@ class ReplyBatcher:
 class ReplyWriter:
     """Stamps and appends the events of one job attempt to the job's reply stream.
 
-    With a :class:`ReplyBatcher` (the worker's), :meth:`emit` joins its pipelines; without one
-    each event is its own XADD.
+    Events go through a :class:`ReplyBatcher`: the worker's, shared by all its jobs, or one of
+    the writer's own, which then sends each event at once.
     """
 
     def __init__(
@@ -136,7 +136,7 @@ class ReplyWriter:
         batcher: ReplyBatcher | None = None,
     ) -> None:
         self._redis = redis
-        self._batcher = batcher
+        self._batcher = batcher or ReplyBatcher(redis)  # alone, it sends each event at once
         self._maxlen = settings.reply_stream_maxlen
         self._reply_to = reply_to
         self._job_id = job_id
@@ -174,15 +174,7 @@ class ReplyWriter:
 
     async def emit(self, event: Event) -> None:
         """Append one event (raises the redis error after retries; the job is then abandoned)."""
-        if self._batcher is not None:
-            await self._batcher.append(self._reply_to, encode(self.stamp(event)), self._maxlen)
-            return
-        await self._redis.xadd(
-            self._reply_to,
-            {REPLY_FIELD: encode(self.stamp(event))},
-            maxlen=self._maxlen,
-            approximate=True,
-        )
+        await self._batcher.append(self._reply_to, encode(self.stamp(event)), self._maxlen)
 
     def emit_in(self, pipe: Pipeline, event: Event) -> None:
         """Queue the event on ``pipe`` (to commit it atomically with the job's ack)."""
