@@ -121,10 +121,16 @@ class Supervisor:
         while not self._stopping.is_set():
             started = time.monotonic()
             process = await self._spawn(child)
-            await self._pump(child, process)
-            code = await process.wait()
-            if self._stopping.is_set():
-                return
+            pump = asyncio.create_task(self._pump(child, process))
+            try:
+                code = await _exited(process)
+                if self._stopping.is_set():
+                    return
+                await self._stop_leftovers(process, pump)
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
             if time.monotonic() - started > STABLE_AFTER_S:
                 child.backoff_s = self.backoff_start_s
             child.restarts += 1
@@ -135,6 +141,21 @@ class Supervisor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), child.backoff_s)
             child.backoff_s = min(child.backoff_s * 2, BACKOFF_CAP_S)
+
+    async def _stop_leftovers(
+        self, process: asyncio.subprocess.Process, pump: asyncio.Task[None]
+    ) -> None:
+        """Stops what a dead child started: vLLM's engine core shares the child's process group
+        and would otherwise live on holding the model's memory (and the output pipe, so the
+        pump would never end). SIGTERM lets it shut down in order; SIGKILL after ``grace_s``."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(process.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                return  # the group is empty
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pump), self.grace_s)
+                return
 
     async def _terminate_all(self) -> None:
         running = [
@@ -154,6 +175,15 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
+
+
+async def _exited(process: asyncio.subprocess.Process, poll_s: float = 0.1) -> int:
+    """The exit code once the child has exited. Not ``process.wait()``: on Python 3.11 that
+    waits for the output pipe to close as well, and a grandchild (vLLM's engine core)
+    inherited it."""
+    while process.returncode is None:
+        await asyncio.sleep(poll_s)
+    return process.returncode
 
 
 def seedx_argv(*args: str) -> list[str]:

@@ -12,6 +12,7 @@ How the pieces fit (see ``workers/llm/engine.py`` for the driver):
   image's block and marks its 64-query runs as embedding slots.
 * :mod:`.rules` — a logits processor with the image-token rules of §5.5 and the
   "image required" rule of ``engine.reference`` (``force_image_after``).
+* :mod:`.lifeline` — vLLM's child processes end when the LLM worker that started them dies.
 * :mod:`.capture` — a worker extension that records the final-norm hidden states at the 64
   query positions of a generated image block and runs the output resampler on them.
 
@@ -25,8 +26,13 @@ ARCHITECTURE = "SeedXForCausalLM"
 
 
 def register() -> None:
-    """Registers ``SeedXForCausalLM`` with vLLM's model registry (lazily imported)."""
+    """Registers ``SeedXForCausalLM`` with vLLM's model registry (lazily imported), and ties
+    a vLLM child process's life to its parent's."""
     from vllm import ModelRegistry
+
+    from .lifeline import follow_parent
+
+    follow_parent()
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "engine.vllm_plugin.model:SeedXForCausalLM")

@@ -25,7 +25,7 @@ from seedx.chaos.load import (
     slope,
     sustained_slope,
 )
-from seedx.chaos.stack import LLM_MODEL, QUEUE, Stack, metric_sum
+from seedx.chaos.stack import LLM_MODEL, QUEUE, Stack, alive, metric_sum
 
 Figures = dict[str, Any]
 
@@ -160,6 +160,8 @@ async def kill_worker(stack: Stack, stage: str, jobs: int) -> Figures:
     Chat answers are streamed and compared with the same greedy request answered after the
     crash (a replayed delta would show up as a difference); image answers must carry exactly
     one image each. Recovery: from the kill until the last request in flight is answered.
+    The victim's own child processes (vLLM's engine core and worker) must end by themselves:
+    an orphan would keep the model's memory from the replacement.
     """
     kind = "llm" if stage == "llm" else "diffusion"
     # No more jobs than the stage's queue admits: more would measure admission, not recovery.
@@ -186,9 +188,11 @@ async def kill_worker(stack: Stack, stage: str, jobs: int) -> Figures:
         tasks = [asyncio.create_task(one(client, i)) for i in range(jobs)]
         waited = await _wait_for(lambda: stack.pending(stage, victim_id) > 0, 60)
         in_flight = await asyncio.to_thread(stack.pending, stage, victim_id)
-        await asyncio.to_thread(stack.kill, victim)
+        descendants = await asyncio.to_thread(stack.kill, victim)
         killed_at = time.monotonic()
+        orphans_end = asyncio.create_task(_wait_for(lambda: not alive(descendants), 30, 0.1))
         await asyncio.wait_for(asyncio.gather(*tasks), 180)
+        orphans_gone_s = await orphans_end
         if stage == "llm":
             duplicates = sum(1 for status, seen in results if status == 200 and _replayed(seen))
         else:
@@ -204,6 +208,9 @@ async def kill_worker(stack: Stack, stage: str, jobs: int) -> Figures:
         "lost": jobs - ok,
         "duplicates_visible": duplicates,
         "recovery_s": max(ended) - killed_at if ended else float("nan"),
+        "child_processes": len(descendants),
+        "orphans_left": len(alive(descendants)),
+        "orphans_gone_after_s": orphans_gone_s if orphans_gone_s is not None else float("nan"),
         "statuses": sorted({status for status, _ in results}),
         "streams": [
             {k: v for k, v in seen.items() if k != "text"}

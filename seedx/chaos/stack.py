@@ -350,10 +350,14 @@ class Stack:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {KEY}"}
 
-    def kill(self, proc: Proc) -> None:
-        """SIGKILL: no drain, no release, no goodbye."""
+    def kill(self, proc: Proc) -> list[int]:
+        """SIGKILL: no drain, no release, no goodbye. Returns the pids of the process's
+        descendants at the moment of the kill (vLLM's engine core and its worker), which must
+        end by themselves."""
+        descendants = _children(proc.popen.pid)
         os.kill(proc.popen.pid, signal.SIGKILL)
         proc.popen.wait(timeout=10)
+        return descendants
 
     def rss_bytes(self, proc: Proc) -> int:
         """Resident set size of a process and its children (vLLM's engine core is a child)."""
@@ -373,6 +377,19 @@ class Stack:
 
     def tail(self, chars: int = 3000) -> str:
         return "\n".join(f"--- {name}\n{text[-chars:]}" for name, text in self.logs().items())
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that still run (zombies count as gone: they hold no memory)."""
+    running = []
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            running.append(pid)
+    return running
 
 
 def _children(pid: int) -> list[int]:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from seedx.chaos.stack import alive
 from seedx.supervisor import ChildSpec, Supervisor
 
 
@@ -60,3 +61,20 @@ async def test_stop_terminates_children_and_escalates_to_kill(tmp_path: Path) ->
         assert child.process is not None
         assert child.process.returncode is not None  # nobody left behind
     assert asyncio.get_running_loop().time() - started < 10
+
+
+async def test_what_a_dead_child_started_is_stopped_before_the_restart(tmp_path: Path) -> None:
+    """A worker that dies leaves its own children (vLLM's engine core) in its process group."""
+    pids = tmp_path / "pids"
+    leaves_a_grandchild = _py(
+        "import subprocess, sys\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pids)!r}, 'a').write(f'{{g.pid}}\\n')\n"
+        "print('up', flush=True)\nraise SystemExit(9)"
+    )
+    lines: list[str] = []
+    s = Supervisor([ChildSpec("w", leaves_a_grandchild)], backoff_start_s=0.05, out=lines.append)
+    await _run_until(s, lambda: sum(line == "w | up" for line in lines) >= 2)
+    first = int(pids.read_text().split()[0])
+    await asyncio.sleep(0.2)
+    assert not alive([first])

@@ -1,0 +1,66 @@
+"""vLLM's helper processes end when the process that started them dies.
+
+vLLM runs the model in child processes (``VLLM::EngineCore`` and, under it, ``VLLM::Worker``).
+Its workers watch the engine core through a pipe, but the engine core does not watch the front
+end that spawned it: when an LLM worker is SIGKILLed (the OOM killer, a supervisor's hard stop,
+our own chaos tests) the engine core is re-parented to init and lives on, holding the model's
+memory — on a GPU host the replacement worker then finds no room to start. A lifeline thread in
+every multiprocessing child notices the re-parenting and ends the process: SIGTERM first, so
+vLLM's own handler shuts its workers down and unlinks its shared memory, and a hard exit if
+that has not finished within ``grace_s``.
+
+Polling ``getppid`` rather than ``PR_SET_PDEATHSIG``: the kernel sends the death signal when
+the *thread* that forked the child exits, and the LLM worker builds its engine from whichever
+thread it likes. Two checks a second cost nothing next to a model step.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+_started = False
+_lock = threading.Lock()
+
+
+def follow_parent(poll_s: float = 0.5, grace_s: float = 10.0) -> bool:
+    """Starts the lifeline in a multiprocessing child; returns whether it runs.
+
+    A process that multiprocessing did not start (the LLM worker itself, started by a shell,
+    a supervisor or a container runtime) is left alone: ``nohup`` and a closed terminal must
+    not end a server.
+    """
+    global _started
+    if multiprocessing.parent_process() is None:
+        return False
+    parent = os.getppid()
+    if parent <= 1:  # already orphaned, or the parent is init: nothing to follow
+        return False
+    with _lock:
+        if _started:
+            return True
+        _started = True
+    threading.Thread(
+        target=_watch, args=(parent, poll_s, grace_s), name="seedx-lifeline", daemon=True
+    ).start()
+    return True
+
+
+def _watch(parent: int, poll_s: float, grace_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    log.warning(
+        "parent process %d is gone; stopping this %s process (pid %d)",
+        parent,
+        multiprocessing.current_process().name,
+        os.getpid(),
+    )
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s)
+    os._exit(1)  # the orderly stop hung: nothing else may still hold the model's memory
