@@ -51,7 +51,9 @@ def new_id() -> str:
 class _Part(BaseModel):
     """A frozen, strict building block of a message."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Keys repeat, values (ids, text) rarely do: caching values would only fill pydantic-core's
+    # 16k-entry string cache with ids, which reads as memory growth in a soak.
+    model_config = ConfigDict(extra="forbid", frozen=True, cache_strings="keys")
 
 
 class _Message(_Part):
