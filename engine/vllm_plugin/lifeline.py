@@ -5,9 +5,12 @@ Its workers watch the engine core through a pipe, but the engine core does not w
 end that spawned it: when an LLM worker is SIGKILLed (the OOM killer, a supervisor's hard stop,
 our own chaos tests) the engine core is re-parented to init and lives on, holding the model's
 memory — on a GPU host the replacement worker then finds no room to start. A lifeline thread in
-every multiprocessing child notices the re-parenting and ends the process: SIGTERM first, so
-vLLM's own handler shuts its workers down and unlinks its shared memory, and a hard exit if
-that has not finished within ``grace_s``.
+every multiprocessing child notices the re-parenting and ends the process: its own children
+(the engine core's model-runner workers) are killed outright — vLLM's orderly path would give
+them five seconds to notice, on the CPUs the surviving workers are serving with — then SIGTERM,
+so vLLM's handler tears the engine down, and a hard exit if that has not finished within
+``grace_s``. Shared memory the killed workers held is unlinked by multiprocessing's resource
+tracker once its last user is gone.
 
 Polling ``getppid`` rather than ``PR_SET_PDEATHSIG``: the kernel sends the death signal when
 the *thread* that forked the child exits, and the LLM worker builds its engine from whichever
@@ -16,6 +19,7 @@ thread it likes. Two checks a second cost nothing next to a model step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -61,6 +65,25 @@ def _watch(parent: int, poll_s: float, grace_s: float) -> None:
         multiprocessing.current_process().name,
         os.getpid(),
     )
+    for child in _children(os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(grace_s)
     os._exit(1)  # the orderly stop hung: nothing else may still hold the model's memory
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc; Linux, like vLLM's CPU and CUDA hosts)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
