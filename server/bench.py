@@ -7,7 +7,8 @@ Three processes on a real Redis (``--redis-url``, or an embedded Valkey started 
   busy real engine (LLaMA-2-13B decoding 64 sequences on one H100 is ~25 ms/step), so what is
   measured is the serving path, not a model;
 - the gateway (uvicorn, one process pinned to one CPU core);
-- this process, the client (httpx, streaming chat requests).
+- this process, the client: bare keep-alive HTTP/1.1 connections on uvloop (not httpx, whose
+  pure-Python parsing would cost more CPU than the gateway's path and be counted against it).
 
 "Concurrency N" means N requests in flight, as N users would keep them: each lane sends its next
 request when its last answer ends, answers have varied lengths (``--tokens`` on average), and the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import random
@@ -37,6 +39,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+
+from workers import runloop
 
 MODEL = "bench"
 KEY = "bench-key-0123456789"
@@ -177,6 +181,95 @@ class Lanes:
         return results
 
 
+class _Connection:
+    """One bare HTTP/1.1 keep-alive connection, the bench's client.
+
+    httpx parses HTTP in pure Python (h11): ~0.5 ms of client CPU per streamed request, on the
+    same two cores as the gateway and the worker, and counted in "gateway" TTFT although the
+    gateway never spent it. This client writes a prepared request and scans the chunked answer
+    for a marker, so what is measured is the server.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict[str, Any], marker: bytes = b"") -> float:
+        """Send ``body``, read the whole answer; seconds until ``marker`` first arrived."""
+        if self._reader is None or self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
+        reader, writer = self._reader, self._writer
+        payload = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self._port}\r\n"
+            f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        start = time.perf_counter()
+        writer.write(head + payload)
+        headers = await reader.readuntil(b"\r\n\r\n")
+        status = int(headers.split(b" ", 2)[1])
+        first = 0.0
+        async for data in self._body(reader, headers.lower()):
+            if not first and marker in data:
+                first = time.perf_counter() - start
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status}")
+        return first
+
+    @staticmethod
+    async def _body(reader: asyncio.StreamReader, headers: bytes) -> AsyncIterator[bytes]:
+        if b"transfer-encoding: chunked" not in headers:
+            length = int(headers.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            yield await reader.readexactly(length)
+            return
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+            data = await reader.readexactly(size + 2)  # the chunk and its CRLF
+            if size == 0:
+                return
+            yield data
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class _Pool:
+    """Idle connections, one per lane in use (a lane takes one for each request).
+
+    A connection idle for longer than ``max_idle_s`` is not reused: uvicorn closes keep-alive
+    connections after 5 s of silence, and a request sent on one it is closing would fail.
+    """
+
+    def __init__(self, port: int, max_idle_s: float = 2.0) -> None:
+        self._port = port
+        self._max_idle_s = max_idle_s
+        self._idle: list[tuple[_Connection, float]] = []
+
+    async def post(self, path: str, body: dict[str, Any], marker: bytes = b"") -> float:
+        conn = None
+        while self._idle and conn is None:
+            candidate, since = self._idle.pop()
+            if time.monotonic() - since < self._max_idle_s:
+                conn = candidate
+            else:
+                candidate.close()
+        conn = conn or _Connection(self._port)
+        try:
+            first = await conn.post(path, body, marker)
+        except BaseException:
+            conn.close()
+            raise
+        self._idle.append((conn, time.monotonic()))
+        return first
+
+    def close(self) -> None:
+        for conn, _ in self._idle:
+            conn.close()
+
+
 def answer_lengths(count: int, mean: int, seed: int = 0) -> list[int]:
     """Answer lengths uniform in ``[mean/2, 3*mean/2]`` (lanes do not stay in step)."""
     rng = random.Random(seed)
@@ -203,16 +296,9 @@ def _chat(tokens: int, text: str = "hi", stream: bool = True) -> dict[str, Any]:
     return body
 
 
-async def _gateway_ttft(client: httpx.AsyncClient, lanes: Lanes, text: str = "hi") -> list[float]:
+async def _gateway_ttft(pool: _Pool, lanes: Lanes, text: str = "hi") -> list[float]:
     async def one(tokens: int) -> float:
-        start = time.perf_counter()
-        first = 0.0
-        body = _chat(tokens, text)
-        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            async for line in response.aiter_lines():
-                if not first and '"content":" t' in line:
-                    first = time.perf_counter() - start
-        return first
+        return await pool.post("/v1/chat/completions", _chat(tokens, text), b'"content":" t')
 
     return await lanes.run(one)
 
@@ -224,13 +310,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _throughput(client: httpx.AsyncClient, count: int, pids: dict[str, int]) -> None:
+async def _throughput(pool: _Pool, count: int, pids: dict[str, int]) -> None:
     body = _chat(8, INSTANT, stream=False)
 
     async def one(tokens: int) -> float:
-        response = await client.post("/v1/chat/completions", json=body)
-        response.raise_for_status()
-        return 0.0
+        return await pool.post("/v1/chat/completions", body)
 
     cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     start = time.perf_counter()
@@ -258,32 +342,32 @@ async def _wait_ready(client: httpx.AsyncClient) -> None:
 
 
 async def _measure(args: argparse.Namespace, pids: dict[str, int]) -> None:
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
     count, itl_s = args.requests, args.itl_ms / 1000
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{args.port}",
-        headers={"Authorization": f"Bearer {KEY}"},
-        limits=limits,
-        timeout=60,
+        base_url=f"http://127.0.0.1:{args.port}", headers={"Authorization": f"Bearer {KEY}"}
     ) as client:
         await _wait_ready(client)
-        await _gateway_ttft(client, Lanes(8, 100, [4] * 100, 0.0), INSTANT)  # warm up
+    pool = _Pool(args.port)
+    try:
+        await _gateway_ttft(pool, Lanes(8, 100, [4] * 100, 0.0), INSTANT)  # warm up
         print(
             f"{'concurrency':>11} {'gateway p50':>12} {'p99':>8} {'direct p50':>11} "
             f"{'p99':>8} {'added p50':>10} {'p99':>8}  (ms)"
         )
         for level in LEVELS:
             lanes = _paced_lanes(level, count, args.tokens, itl_s)
-            via = await _gateway_ttft(client, lanes)
+            via = await _gateway_ttft(pool, lanes)
             _row(str(level), via, await _direct_ttft(lanes, itl_s))
         saturated = Lanes(64, count, [8] * count, 0.0)
-        via = await _gateway_ttft(client, saturated, INSTANT)
+        via = await _gateway_ttft(pool, saturated, INSTANT)
         _row("64 sat.", via, await _direct_ttft(saturated, 0.0))
         print(
             f"({count} requests per row; fake engine {args.itl_ms:g} ms/token, "
             f"{args.tokens} tokens on average; 'sat.': instant engine, queueing only)"
         )
-        await _throughput(client, count, pids)
+        await _throughput(pool, count, pids)
+    finally:
+        pool.close()
 
 
 def _paced_lanes(level: int, count: int, tokens: int, itl_s: float) -> Lanes:
@@ -306,8 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``seedx bench gateway`` (and ``python -m server.bench``)."""
     args = _parse(sys.argv[1:] if argv is None else argv)
     if args.role == "worker":
-        from workers import runloop
-
         runloop.run(_serve_worker(args.redis_url, args.itl_ms / 1000))
         return 0
     if args.role == "gateway":
@@ -323,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             _process("--role", "gateway", "--port", str(args.port), *common) as gateway,
         ):
             pids = {"gateway": gateway.pid, "worker": worker.pid}
-            asyncio.run(_measure(args, pids))
+            runloop.run(_measure(args, pids))  # the client on uvloop too
     return 0
 
 
