@@ -91,7 +91,9 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await announcer
             await self._terminate_all()
-            for task in watchers:
+            # Watchers end once their child's output is read to the end; cancel only laggards.
+            _, late = await asyncio.wait(watchers, timeout=self.grace_s)
+            for task in late:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
         return 0
@@ -124,13 +126,14 @@ class Supervisor:
             pump = asyncio.create_task(self._pump(child, process))
             try:
                 code = await _exited(process)
+                await self._stop_leftovers(process, pump)
                 if self._stopping.is_set():
                     return
-                await self._stop_leftovers(process, pump)
             finally:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
+                if not pump.done():  # we are cancelled: a cancelled pump leaves its pipe open
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pump
             if time.monotonic() - started > STABLE_AFTER_S:
                 child.backoff_s = self.backoff_start_s
             child.restarts += 1
@@ -149,10 +152,8 @@ class Supervisor:
         and would otherwise live on holding the model's memory (and the output pipe, so the
         pump would never end). SIGTERM lets it shut down in order; SIGKILL after ``grace_s``."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # an empty group
                 os.killpg(process.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                return  # the group is empty
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(pump), self.grace_s)
                 return
