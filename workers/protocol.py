@@ -273,7 +273,7 @@ class ImageReconstructJob(_DiffusionJob):
 Job = Annotated[
     ChatJob | ImageGenerateJob | ImageEditJob | ImageReconstructJob, Field(discriminator="kind")
 ]
-JOB_ADAPTER: TypeAdapter[Job] = TypeAdapter(Job)
+JOB_ADAPTER: TypeAdapter[Job] = TypeAdapter(Job, config=_Part.model_config)  # its own cache setting
 
 
 # --- events -----------------------------------------------------------------------------------
