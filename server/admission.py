@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -64,11 +65,25 @@ class BackgroundReads(Generic[K]):
         task = asyncio.get_running_loop().create_task(self._run(key, read))
         self._tasks[key] = task
 
-    async def settle(self, key: K) -> None:
-        """Wait for the background read of ``key`` to end, if one is running."""
+    async def read_fresh(
+        self,
+        key: K,
+        read: Callable[[], Awaitable[object]],
+        read_at: Callable[[], float],
+        ttl_s: float,
+    ) -> None:
+        """Until a read of ``key`` that is not stale for a request arriving now has landed.
+
+        Every request waiting here shares one read (the one in flight, or a new one); if that
+        read failed in the background, it is made again in the open, so its error shows.
+        """
+        asked = time.monotonic()
+        self.start(key, read)
         task = self._tasks.get(key)
         if task is not None:
             await asyncio.shield(task)
+        if outdated(read_at(), asked, ttl_s):
+            await read()
 
     async def _run(self, key: K, read: Callable[[], Awaitable[object]]) -> None:
         try:
@@ -84,6 +99,12 @@ class BackgroundReads(Generic[K]):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def outdated(read_at: float, asked: float, ttl_s: float) -> bool:
+    """Whether a read made at ``read_at`` is past its TTL and older than a request made at
+    ``asked`` (a read that started after the request is as fresh as it can get)."""
+    return read_at < asked and time.monotonic() - read_at >= ttl_s
 
 
 RECENTLY_SERVED_S = 300.0
@@ -132,13 +153,7 @@ class ModelDirectory:
         if age < self._max_age_s and not fresh:
             self._refresh.start("workers", self._read)
             return self._workers
-        # One read for every request waiting here (single flight); a read that failed in the
-        # background is made again in the open, so its error shows.
-        asked = time.monotonic()
-        self._refresh.start("workers", self._read)
-        await self._refresh.settle("workers")
-        if self._read_at < asked and time.monotonic() - self._read_at >= self._ttl_s:
-            await self._read()
+        await self._refresh.read_fresh("workers", self._read, lambda: self._read_at, self._ttl_s)
         return self._workers
 
     async def _read(self) -> None:
@@ -220,7 +235,8 @@ class AdmissionControl:
         asked = time.monotonic()
         loads = {queue: await self._load(queue) for queue in demand}
         for queue, load in loads.items():
-            if load + demand[queue] > self.limit(queue.stage) and self._stale(queue, asked):
+            read_at, ttl_s = self._loads[queue][0], self._settings.stats_ttl_s
+            if load + demand[queue] > self.limit(queue.stage) and outdated(read_at, asked, ttl_s):
                 loads[queue] = load = await self._load(queue, fresh=True)
             if load + demand[queue] > self.limit(queue.stage):
                 raise Overloaded(
@@ -244,11 +260,6 @@ class AdmissionControl:
             if cached is not None and cached[0] == read_at:
                 self._loads[queue] = (read_at, max(0, cached[1] - jobs))
 
-    def _stale(self, queue: StageModel, asked: float) -> bool:
-        """Whether the estimate of ``queue`` is past its TTL and was read before ``asked``."""
-        read_at = self._loads[queue][0]
-        return read_at < asked and time.monotonic() - read_at >= self._settings.stats_ttl_s
-
     async def _load(self, queue: StageModel, fresh: bool = False) -> int:
         """Queued+running jobs of ``queue`` (see the module docstring for how fresh).
 
@@ -262,17 +273,13 @@ class AdmissionControl:
             if age < self._settings.stats_max_age_s and not fresh:
                 self._refresh.start(queue, lambda: self._read(queue))
                 return cached[1]
-        # One read for every request waiting here (single flight), then the value it stored; a
-        # read that failed in the background is made again in the open, so its error shows.
-        asked = time.monotonic()
-        self._refresh.start(queue, lambda: self._read(queue))
-        await self._refresh.settle(queue)
-        cached = self._loads.get(queue)
-        if cached is not None and (
-            cached[0] >= asked or time.monotonic() - cached[0] < self._settings.stats_ttl_s
-        ):
-            return cached[1]
-        return await self._read(queue)
+        await self._refresh.read_fresh(
+            queue,
+            lambda: self._read(queue),
+            lambda: self._loads.get(queue, (-math.inf, 0))[0],
+            self._settings.stats_ttl_s,
+        )
+        return self._loads[queue][1]
 
     async def _read(self, queue: StageModel) -> int:
         read_at = time.monotonic()
