@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from typing import Any
 import httpx
 
 from workers import runloop
+from workers.hostinfo import describe_host
 
 MODEL = "bench"
 KEY = "bench-key-0123456789"
@@ -396,9 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         _serve_gateway(args.redis_url, args.port)
         return 0
     with _redis(args.redis_url) as url:
-        print(
-            f"gateway bench: python {platform.python_version()}, {os.cpu_count()} CPUs, redis {url}"
-        )
+        print(f"gateway bench: {describe_host()}; redis {url}")
         common = ["--redis-url", url, "--itl-ms", str(args.itl_ms)]
         with (
             _process("--role", "worker", *common) as worker,

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import signal
 import subprocess
 import sys
@@ -30,6 +28,7 @@ from workers import keys
 from workers.blobs import BlobStore
 from workers.connection import create_redis
 from workers.handler import JobContext
+from workers.hostinfo import describe_host
 from workers.protocol import ChatJob, ChatMessage, Event, Job, TextDelta, TextPart, new_id
 from workers.replies import ReplyBatcher, ReplyWriter, Subscription
 from workers.settings import QueueSettings, RedisSettings
@@ -57,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve_worker(args.redis_url))
         return 0
     with _redis_url(args.redis_url) as (url, label):
-        print(
-            f"transport bench: {label}; python {platform.python_version()}, {os.cpu_count()} CPUs"
-        )
+        print(f"transport bench: {label}; {describe_host()}")
         asyncio.run(_run_all(url, args.ops, args.events))
     return 0
 
