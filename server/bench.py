@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 from workers import runloop
-from workers.hostinfo import describe_host
+from workers.hostinfo import cpu_seconds, describe_host
 
 MODEL = "bench"
 KEY = "bench-key-0123456789"
@@ -303,24 +303,17 @@ async def _gateway_ttft(pool: _Pool, lanes: Lanes, text: str = "hi") -> list[flo
     return await lanes.run(one)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _throughput(pool: _Pool, count: int, pids: dict[str, int]) -> None:
     body = _chat(8, INSTANT, stream=False)
 
     async def one(tokens: int) -> float:
         return await pool.post("/v1/chat/completions", body)
 
-    cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     start = time.perf_counter()
     await Lanes(64, count, [8] * count, 0.0).run(one)
     rps = count / (time.perf_counter() - start)
-    used = {name: (_cpu_seconds(pid) - cpu[name]) / count for name, pid in pids.items()}
+    used = {name: (cpu_seconds(pid) - cpu[name]) / count for name, pid in pids.items()}
     print(f"small chat, non-streamed, 64 lanes, instant engine: {rps:.0f} req/s end to end")
     for name, per_request in used.items():
         print(

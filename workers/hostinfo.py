@@ -1,4 +1,6 @@
-"""One line describing the machine a benchmark ran on, printed at the top of its output.
+"""What the benchmarks and chaos runs read about the host and its processes (Linux /proc).
+
+:func:`describe_host` is the line a benchmark prints at the top of its output.
 
 Latency figures differ between hosts more than between careful runs on one host (the gateway's
 added TTFT at concurrency 1 measured 3.3 ms on one 2-core VM and 1.8 ms on another with the same
@@ -29,3 +31,24 @@ def describe_host() -> str:
     if hasattr(os, "getloadavg"):
         line += ", load " + " ".join(f"{value:.2f}" for value in os.getloadavg())
     return line
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/PID/stat`` after the command name (which may hold spaces and parentheses):
+    field 0 is the state, 1 the parent pid, 11 and 12 user and system clock ticks."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_state(pid: int) -> str | None:
+    """The process's state letter (``R``, ``S``, ``Z`` for a zombie...); None once it is gone."""
+    try:
+        return _stat_fields(pid)[0]
+    except OSError:
+        return None

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from seedx.supervisor import lower_priority
+from workers.hostinfo import process_state
 
 KEY = "chaos-key-0123456789abcdef"
 LLM_MODEL = "seed-x-i"
@@ -381,15 +382,7 @@ class Stack:
 
 def alive(pids: list[int]) -> list[int]:
     """Those of ``pids`` that still run (zombies count as gone: they hold no memory)."""
-    running = []
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            running.append(pid)
-    return running
+    return [pid for pid in pids if process_state(pid) not in (None, "Z")]
 
 
 def _children(pid: int) -> list[int]:
