@@ -124,6 +124,13 @@ class ModelDirectory:
 
     ``scale_to_zero`` maps a stage to the models whose jobs are queued even with no live worker
     (an autoscaler starts one from the queue's depth): for them ``require`` never answers 503.
+
+    A heartbeat is a key that expires ``heartbeat_ttl_s`` (the workers' lease) after it was
+    written, and its clock runs while Redis is down: after an outage of about a lease, or a
+    restart, every worker looks dead until it heartbeats again (up to one heartbeat interval
+    later), although each is alive and reconnecting. So a "no worker" is not believed, for one
+    TTL after the gateway reached Redis again, for a model that was served when the outage
+    began: its jobs are queued, and the workers take them as they come back.
     """
 
     def __init__(
@@ -132,10 +139,12 @@ class ModelDirectory:
         ttl_s: float,
         scale_to_zero: Mapping[keys.Stage, frozenset[str]] | None = None,
         max_age_s: float = 0.0,
+        heartbeat_ttl_s: float = keys.DEFAULT_LEASE_S,
     ) -> None:
         self._backend = backend
         self._ttl_s = ttl_s
         self._max_age_s = max_age_s
+        self._heartbeat_ttl_s = heartbeat_ttl_s
         self._scale_to_zero = dict(scale_to_zero or {})
         self._last_served: dict[tuple[str, str], float] = {}
         self._workers: list[WorkerInfo] = []
@@ -180,10 +189,24 @@ class ModelDirectory:
         return {w.model for w in workers if stage is None or w.stage == stage}
 
     async def _serves(self, need: StageModel) -> bool:
-        """Whether ``need`` has a live worker; a "no" is never taken from a stale read."""
+        """Whether ``need`` has a live worker; a "no" is never taken from a stale read, nor
+        from heartbeats that an outage kept from being renewed (see the class docstring)."""
         if need.model in await self.served(need.stage):
             return True
-        return need.model in await self.served(need.stage, fresh=True)
+        if need.model in await self.served(need.stage, fresh=True):
+            return True
+        return self._renewing_after_outage(need)
+
+    def _renewing_after_outage(self, need: StageModel) -> bool:
+        """Whether ``need``'s workers were seen within a heartbeat TTL of the last outage's
+        start, and that outage ended less than a TTL ago (their heartbeats may not be back)."""
+        outage = self._backend.last_outage
+        seen = self._last_served.get((need.stage, need.model))
+        if outage is None or seen is None:
+            return False
+        began, ended = outage
+        ttl_s = self._heartbeat_ttl_s
+        return seen >= began - ttl_s and time.monotonic() - ended < ttl_s
 
     async def require(self, requested: StageModel, downstream: Iterable[StageModel] = ()) -> None:
         """404 for an unknown model; 503 unless ``requested`` and every ``downstream`` stage

@@ -70,6 +70,11 @@ class Backend(Protocol):
         """False while the reply reader is cut off from Redis."""
         ...
 
+    @property
+    def last_outage(self) -> tuple[float, float] | None:
+        """When the reply reader last lost Redis and reached it again (monotonic), if ever."""
+        ...
+
     async def start(self) -> None:
         """Start the reply reader."""
         ...
@@ -123,6 +128,10 @@ class RedisBackend:
     @property
     def connected(self) -> bool:
         return self.transport.reader.connected
+
+    @property
+    def last_outage(self) -> tuple[float, float] | None:
+        return self.transport.reader.last_outage
 
     async def start(self) -> None:
         await self.transport.start()

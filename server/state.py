@@ -39,6 +39,7 @@ class Gateway:
                 settings.admission.directory_ttl_s,
                 {s: settings.models.routed(s) for s in settings.admission.scale_to_zero},
                 settings.admission.directory_max_age_s,
+                heartbeat_ttl_s=settings.queue.lease_s,
             ),
             admission=AdmissionControl(backend, settings.admission),
             loader=ImageLoader(settings.media, fetcher, publisher),

@@ -291,6 +291,7 @@ class ReplyReader:
         self._subs: dict[str, Subscription] = {}
         self._last_id = b"0-0"
         self._down_since: float | None = None
+        self._last_outage: tuple[float, float] | None = None
         self._outage_reported = False
         self._next_trim = 0.0
         self._closing = asyncio.Event()
@@ -300,6 +301,11 @@ class ReplyReader:
     def connected(self) -> bool:
         """False while the reader cannot reach Redis (for /readyz)."""
         return self._down_since is None
+
+    @property
+    def last_outage(self) -> tuple[float, float] | None:
+        """When the reader last lost Redis and when it reached it again (``time.monotonic``)."""
+        return self._last_outage
 
     @property
     def last_id(self) -> bytes:
@@ -427,8 +433,10 @@ class ReplyReader:
         lost = self._last_id != b"0-0" and not await self._redis.xrange(
             self.stream, min=self._last_id, max=self._last_id, count=1
         )
-        outage = time.monotonic() - (self._down_since or time.monotonic())
-        logger.info("reply reader reconnected after %.1fs (stream lost: %s)", outage, lost)
+        now = time.monotonic()
+        began = self._down_since if self._down_since is not None else now
+        logger.info("reply reader reconnected after %.1fs (stream lost: %s)", now - began, lost)
+        self._last_outage = (began, now)
         self._down_since = None
         self._outage_reported = False
         if lost:

@@ -83,6 +83,9 @@ async def test_reply_reader_reconnect_loses_no_event(
             received.append(reply.event.text)
         await producer
         assert received == [f"{i}," for i in range(total)]
+        outage = gw.reader.last_outage  # what the gateway's worker directory reads
+        assert outage is not None
+        assert outage[0] <= outage[1] <= time.monotonic()
 
 
 async def test_reader_reports_lost_state_when_redis_forgets_the_stream(

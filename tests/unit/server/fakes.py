@@ -174,6 +174,7 @@ class FakeBackend:
     image_delay_s: float = 0.0
     submit_error: TransportError | None = None
     connected: bool = True
+    last_outage: tuple[float, float] | None = None
     redis_up: bool = True
     blobs: FakeBlobs = field(default_factory=FakeBlobs)
     jobs: list[Job] = field(default_factory=list)
