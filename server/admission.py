@@ -195,13 +195,22 @@ class ModelDirectory:
             return True
         if need.model in await self.served(need.stage, fresh=True):
             return True
-        return self._renewing_after_outage(need)
+        return self._renewing_after_outage(need.stage, need.model)
 
-    def _renewing_after_outage(self, need: StageModel) -> bool:
-        """Whether ``need``'s workers were seen within a heartbeat TTL of the last outage's
-        start, and that outage ended less than a TTL ago (their heartbeats may not be back)."""
+    async def serving_stages(self) -> set[str]:
+        """Stages with a live worker, or with workers whose heartbeats an outage interrupted
+        (``/readyz``: a Redis restart must not take every gateway out of its Service)."""
+        stages = {w.stage for w in await self.workers()}
+        return stages | {
+            stage for stage, model in self._last_served if self._renewing_after_outage(stage, model)
+        }
+
+    def _renewing_after_outage(self, stage: str, model: str) -> bool:
+        """Whether workers of ``stage``/``model`` were seen within a heartbeat TTL of the last
+        outage's start, and that outage ended less than a TTL ago (their heartbeats may not be
+        back)."""
         outage = self._backend.last_outage
-        seen = self._last_served.get((need.stage, need.model))
+        seen = self._last_served.get((stage, model))
         if outage is None or seen is None:
             return False
         began, ended = outage

@@ -1,7 +1,8 @@
 """``/healthz`` (the process answers), ``/readyz`` (it can serve), ``/metrics`` (Prometheus).
 
 Readiness means a request could succeed now: Redis answers, the reply reader is connected, and
-every stage has at least one live worker (heartbeat within its lease). A gateway that is up but
+every stage has at least one live worker (heartbeat within its lease, or interrupted by a Redis
+outage that ended less than a lease ago: see ``ModelDirectory``). A gateway that is up but
 cannot serve must say so (issue 9: no "200 while nothing is served"), so load balancers route
 around it. The health routes never need an API key; ``/metrics`` does unless
 ``public_metrics``.
@@ -35,7 +36,7 @@ async def readyz(gateway: GatewayDep) -> Response:
     checks: dict[str, Any] = {"redis": await gateway.backend.ping()}
     checks["reply_reader"] = gateway.backend.connected
     try:
-        stages = {w.stage for w in await gateway.directory.workers()}
+        stages = await gateway.directory.serving_stages()
     except TransportError:
         stages = set()
     for stage in keys.STAGES:

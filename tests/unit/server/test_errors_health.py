@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -77,6 +79,24 @@ async def test_healthz_and_readyz(client: httpx.AsyncClient, backend: FakeBacken
     assert not_ready.json()["checks"]["workers_diffusion"] is False
     backend.redis_up = False
     assert (await client.get("/readyz")).json()["checks"]["redis"] is False
+
+
+async def test_ready_and_serving_while_heartbeats_return_after_a_redis_outage(
+    client: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    """A Redis restart drops every heartbeat (their TTL ran while it was down); until the
+    workers write their next ones the gateway stays ready and routes to them (one lease, 30 s
+    by default), instead of leaving its Service and answering 503."""
+    assert (await client.get("/readyz")).status_code == 200  # both stages seen served
+    backend.workers = []
+    now = time.monotonic()
+    backend.last_outage = (now - 40.0, now - 1.0)
+    assert (await client.get("/readyz")).status_code == 200
+    chat = {"messages": [{"role": "user", "content": "x"}]}
+    assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
+    backend.last_outage = (now - 80.0, now - 31.0)  # a lease has passed: absence is death
+    assert (await client.get("/readyz")).status_code == 503
+    assert_openai_error(await client.post("/v1/chat/completions", json=chat), 503)
 
 
 async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClient) -> None:
