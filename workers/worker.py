@@ -216,15 +216,25 @@ class Worker:
 
     # --- heartbeat, leases, stop signals ------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
-        """Publish WorkerInfo and renew running jobs' leases every ``heartbeat_interval_s``."""
+        """Publish WorkerInfo and renew running jobs' leases every ``heartbeat_interval_s``.
+
+        A failed heartbeat is retried with the reconnect backoff, not a whole interval later:
+        the key and the leases may have expired while Redis was down (its restart drops them),
+        and until the next heartbeat the gateway sees no worker and other workers may reclaim
+        this one's running jobs.
+        """
+        backoff = Backoff(self._settings.reconnect_backoff_cap_s)
         while not self._closing.is_set():
+            delay = self._settings.heartbeat_interval_s
             try:
                 await self._heartbeat()
+                backoff.reset()
             except CONNECTION_ERRORS as exc:
                 logger.warning("heartbeat failed: %s", exc)
+                delay = min(delay, backoff.next_delay())
             except Exception:
                 logger.exception("heartbeat failed")
-            await sleep_until(self._closing, self._settings.heartbeat_interval_s)
+            await sleep_until(self._closing, delay)
 
     async def _heartbeat(self) -> None:
         await self._registry.publish(self.info())

@@ -18,9 +18,10 @@ from tests.integration.workers.helpers import (
     next_event,
     running_worker,
 )
+from workers import keys
 from workers.errors import Unavailable
 from workers.handler import JobContext
-from workers.protocol import Event, Job, TextDelta
+from workers.protocol import Event, Job, TextDelta, WorkerInfo
 from workers.replies import ReplyWriter
 from workers.settings import QueueSettings
 from workers.transport import Transport
@@ -160,3 +161,40 @@ async def test_redis_restart_under_load(private_valkey: PrivateValkey) -> None:
         while not accepted <= processed and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert accepted <= processed, accepted - processed
+
+
+async def test_a_worker_heartbeats_again_soon_after_redis_returns(
+    private_valkey: PrivateValkey,
+) -> None:
+    """Its heartbeat failed during the outage: the next try comes after the reconnect backoff,
+    not a whole heartbeat interval later (until then the gateway sees no worker for its model,
+    and its running jobs' leases may lapse)."""
+    redis_settings = fast_redis_settings(private_valkey.url)
+    settings = fast_queue_settings(heartbeat_interval_s=3.0, lease_s=10.0)
+
+    async def handler(job: Job, ctx: JobContext) -> AsyncIterator[Event]:
+        yield TextDelta(text="ok")
+
+    admin = Redis.from_url(private_valkey.url)
+
+    async def heartbeat_at(worker_id: str) -> float:
+        raw = await admin.get(keys.worker_key(worker_id))
+        return WorkerInfo.model_validate_json(raw).heartbeat_at if raw else 0.0
+
+    try:
+        async with running_worker(redis_settings, settings, handler) as worker:
+            await asyncio.sleep(0.3)
+            before = await heartbeat_at(worker.worker_id)  # the first heartbeat
+            assert before > 0
+            await admin.aclose()  # its connection dies with the server
+            await asyncio.to_thread(private_valkey.stop)
+            await asyncio.sleep(3.5)  # the heartbeat due in this window fails
+            back = time.monotonic()
+            await asyncio.to_thread(private_valkey.start)
+            while await heartbeat_at(worker.worker_id) <= before:
+                assert time.monotonic() - back < 4.0, "no heartbeat since Redis came back"
+                await asyncio.sleep(0.05)
+            # start + the backoff (cap 0.2 s), not the 3 s interval
+            assert time.monotonic() - back < 1.0
+    finally:
+        await admin.aclose()
