@@ -127,10 +127,10 @@ class ModelDirectory:
 
     A heartbeat is a key that expires ``heartbeat_ttl_s`` (the workers' lease) after it was
     written, and its clock runs while Redis is down: after an outage of about a lease, or a
-    restart, every worker looks dead until it heartbeats again (up to one heartbeat interval
-    later), although each is alive and reconnecting. So a "no worker" is not believed, for one
-    TTL after the gateway reached Redis again, for a model that was served when the outage
-    began: its jobs are queued, and the workers take them as they come back.
+    restart, every worker looks dead until it heartbeats again (it retries a failed heartbeat
+    after the reconnect backoff), although each is alive and reconnecting. So a "no worker" is
+    not believed, for one TTL after the gateway reached Redis again, for a model that was served
+    when the outage began: its jobs are queued, and the workers take them as they come back.
     """
 
     def __init__(
