@@ -415,6 +415,11 @@ async def soak(stack: Stack, requests: int, settle_s: float) -> Figures:
     the Redis baseline and the RSS samples start after it. ``rss_sustained_slope`` is the smaller
     of the slopes of the two halves of the samples: a leak grows in both, while an allocator
     taking one more multi-MiB arena is a single step that lands in one half only.
+
+    Every prompt has the same length (a fixed-width counter), so the LLM engine's steps repeat
+    the same few batch token counts, which the warm-up meets: vLLM's CPU backend compiles and
+    keeps a oneDNN kernel for each count it has not met before (a bounded cache of ~2 MiB steps,
+    docs/deploy.md), and a prompt one digit longer at request 100 would add new counts mid-soak.
     """
     client_redis = stack.redis_client()
     baseline = int(client_redis.info("memory")["used_memory"])
@@ -435,7 +440,8 @@ async def soak(stack: Stack, requests: int, settle_s: float) -> Figures:
                 for proc in stack.procs:
                     if proc.name in samples and proc.alive:
                         samples[proc.name].append((index, stack.rss_bytes(proc)))
-            body = {"prompt": f"chaos-prompt-7f3a soak {index}", "size": "64x64", "steps": 1}
+            prompt = f"chaos-prompt-7f3a soak {index:06d}"  # one length: see the docstring
+            body = {"prompt": prompt, "size": "64x64", "steps": 1}
             outcome = await post(client, "/v1/images/generations", json=body, timeout_s=60)
             status = outcome.status if answered(outcome, images=1) or outcome.status != 200 else -2
             statuses[status] = statuses.get(status, 0) + 1
