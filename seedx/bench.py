@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 BENCHES = {
+    "parity": "workers.llm.parity",
     "query-rows": "engine.bench.query_rows",
     "transport": "workers.bench",
     "gateway": "server.bench",
