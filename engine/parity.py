@@ -7,7 +7,8 @@ was made is in ``docs/parity.md``. This module runs *this* project on the same t
 
     any-res grids, tiles and centres -> ViT -> input resampler + per-tile embedding -> LLM input
     embeddings -> prefill states -> logits of every greedy step -> generated ids -> 64 query
-    states -> output resampler -> de-tokenizer conditioning; token ids of raw prompts.
+    states -> output resampler -> de-tokenizer conditioning -> condition latent -> seeded
+    sampling (latents, decoded image); token ids of raw prompts.
 
 Floats must agree within ``atol = rtol = 1e-5`` in fp32 (``torch.allclose``), ids exactly. In
 fp16 the same comparison runs against the looser serving bound of :data:`FP16_BOUNDS` (measured
@@ -149,6 +150,16 @@ class _Comparer:
         ok = bool(torch.allclose(ours, want, atol=tol, rtol=tol))
         self.report.rows.append(Row(quantity, diff, f"atol=rtol={tol:g}", ok))
 
+    def relative(self, quantity: str, ours: torch.Tensor, want: torch.Tensor, kind: str) -> None:
+        """max |ours - oracle| / max |oracle| against the bound (for amplifying chains)."""
+        tol = self.tol(kind)
+        ours = ours.detach().to("cpu", torch.float32)
+        diff = float((ours - want).abs().max())
+        rel = diff / max(float(want.abs().max()), 1e-30)
+        self.report.rows.append(
+            Row(quantity, diff, f"rel {tol:g}", rel <= tol, f"{rel:.2g} of max |x|")
+        )
+
     def ids(self, quantity: str, ours: list[Any], want: list[Any], note: str = "") -> None:
         wrong = sum(a != b for a, b in zip(ours, want, strict=False)) + abs(len(ours) - len(want))
         self.report.rows.append(Row(quantity, float(wrong), "exact", wrong == 0, note))
@@ -284,6 +295,7 @@ def _compare_detokenizer(golden: Golden, serving: Path, dtype: torch.dtype, cmp:
         stage: load_detokenizer_stage(serving, stage, dtype, "cpu")
         for stage in ("first_stage", "second_stage")
     }
+    _compare_sampling(golden, pipes, cmp)
     sources = {"generate": ("first_stage", "t2i"), "generate_forced": ("first_stage", "t2i_forced"),
                "edit": ("second_stage", "edit")}  # fmt: skip
     for case in golden.cases["detokenizer"]:
@@ -325,6 +337,80 @@ def _compare_detokenizer(golden: Golden, serving: Path, dtype: torch.dtype, cmp:
             exp[f"{prefix}.negative_pooled"],
             "detokenizer",
         )
+
+
+def _compare_sampling(golden: Golden, pipes: dict[str, Any], cmp: _Comparer) -> None:
+    """The adapters' whole ``generate()`` (seeded CPU noise, CFG / three-branch guidance, Euler,
+    VAE decode) against ours, from the same embeddings and images."""
+    from engine.pipeline_inputs import EditJob, GenerateJob, ReconstructJob
+    from engine.sampling import Conditioning, SamplingJob, SamplingOptions
+
+    exp = golden.expected
+    for case in golden.cases.get("sampling", []):
+        name = case["case"]
+        options = SamplingOptions(case["height"], case["width"], case["steps"], "euler")
+        source = golden.image(case["image"])
+        seed, scale, image_scale = (
+            case["seed"],
+            case["guidance_scale"],
+            case["image_guidance_scale"],
+        )
+        if name == "generate":
+            pipe = pipes["first_stage"]
+            feats = exp["llm.t2i.image_features"][:1].to(pipe.dtype)
+            jobs = pipe.prepare_generate([GenerateJob(feats, seed, scale)])
+        elif name == "edit":
+            pipe = pipes["second_stage"]
+            feats = exp["llm.edit.image_features"][:1].to(pipe.dtype)
+            latent = pipe.encode_condition([source], case["height"], case["width"])
+            cmp.tensors("edit: condition latent (VAE mode, unscaled)", latent,
+                        exp["sample.edit.condition_latent"], "detokenizer")  # fmt: skip
+            job = EditJob(feats, source, seed, scale, image_scale)
+            jobs = pipe.prepare_edit([job], options)
+        else:
+            second = name.endswith("second_stage")
+            pipe = pipes["second_stage" if second else "first_stage"]
+            job = ReconstructJob(source, source if second else None, seed, scale, image_scale)
+            jobs = pipe.prepare_reconstruct([job], options)
+        label = f"{name} sampling ({case['steps']} Euler steps, {case['width']}x{case['height']})"
+        # 1. the loop alone: the oracle's own conditioning (and condition latent) in
+        cond = f"detok.{name}"
+        own = SamplingJob(
+            Conditioning(exp[f"{cond}.prompt_embeds"], exp[f"{cond}.pooled"]),
+            Conditioning(exp[f"{cond}.negative_prompt_embeds"], exp[f"{cond}.negative_pooled"]),
+            seed, scale, image_scale,
+            exp["sample.edit.condition_latent"] if pipe.stage == "second_stage" else None,
+        )  # fmt: skip
+        own = _to_dtype(own, pipe.dtype)
+        latents = pipe.sample([own], options)
+        # fp32: exact up to 1e-5; half precision: relative to the latents' scale, as below
+        held = cmp.tensors if cmp.report.dtype == torch.float32 else cmp.relative
+        held(f"{label}, oracle conditioning in: final latents", latents,
+             exp[f"sample.{name}.latents"], "detokenizer")  # fmt: skip
+        # 2. end to end: our conditioning; random UNets amplify its ~1e-6 differences over the
+        # steps, so the latents are held relative to their scale and the image absolutely
+        latents = pipe.sample(jobs, options)
+        cmp.relative(f"{label}, end to end: final latents", latents, exp[f"sample.{name}.latents"],
+                     "detokenizer")  # fmt: skip
+        with torch.no_grad():
+            scaled = latents.to(pipe.vae.device, pipe.vae.dtype) / pipe.vae.config.scaling_factor
+            decoded = (pipe.vae.decode(scaled).sample / 2 + 0.5).clamp(0, 1)
+        cmp.tensors(f"{label}, end to end: decoded image, 4x4 means",
+                    F.avg_pool2d(decoded.float(), 4), exp[f"sample.{name}.image_4x4_means"],
+                    "detokenizer")  # fmt: skip
+
+
+def _to_dtype(job: Any, dtype: torch.dtype) -> Any:
+    from dataclasses import replace
+
+    from engine.sampling import Conditioning
+
+    def conv(c: Conditioning) -> Conditioning:
+        return Conditioning(c.prompt_embeds.to(dtype), c.pooled.to(dtype))
+
+    latent = None if job.condition_latent is None else job.condition_latent.to(dtype)
+    return replace(job, positive=conv(job.positive), negative=conv(job.negative),
+                   condition_latent=latent)  # fmt: skip
 
 
 # -- entry points -------------------------------------------------------------------------

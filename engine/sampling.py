@@ -167,12 +167,28 @@ def _job_rows(
     return [(pos, cond), (neg, cond), (neg, torch.zeros_like(cond))]
 
 
-def _mix(job: SamplingJob, eps: torch.Tensor, conditioned: bool) -> torch.Tensor:
+def _mix(
+    job: SamplingJob,
+    eps: torch.Tensor,
+    conditioned: bool,
+    latent: torch.Tensor,
+    sigma: torch.Tensor | None,
+) -> torch.Tensor:
+    """One job's guided noise prediction from its branch rows.
+
+    The edit pipeline of the original code mixes the three branches in x0-space when the
+    scheduler has sigmas (``x0 = x - sigma * eps``, mixed, then ``eps = (x0 - x) / -sigma``).
+    That equals mixing eps directly, but not in floating point, and random or real UNets amplify
+    the difference over the steps (parity suite, docs/parity.md): we do the same operations.
+    """
     if not guided(job, conditioned):
         return eps
     if conditioned:
+        if sigma is not None:
+            eps = latent - sigma * eps
         text, img, unc = eps.chunk(3)
-        return edit_guidance(text, img, unc, job.guidance_scale, job.image_guidance_scale)
+        mixed = edit_guidance(text, img, unc, job.guidance_scale, job.image_guidance_scale)
+        return mixed if sigma is None else (mixed - latent) / (-sigma)
     uncond, cond = eps.chunk(2)
     return cfg(uncond, cond, job.guidance_scale)
 
@@ -284,10 +300,12 @@ def sample_batch(
             added_cond_kwargs=added,
             return_dict=False,
         )[0]
+        # the original edit pipeline's "sigma space" test: hasattr(scheduler, "sigmas")
+        sigma = scheduler.sigmas[step] if hasattr(scheduler, "sigmas") else None
         eps = torch.cat(
             [
-                _mix(jobs[j], eps_rows[a:b], conditioned)
-                for j, (a, b) in zip(active, rows.spans, strict=True)
+                _mix(jobs[j], eps_rows[a:b], conditioned, latents[i : i + 1], sigma)
+                for i, (j, (a, b)) in enumerate(zip(active, rows.spans, strict=True))
             ]
         )
         latents = scheduler.step(eps, t, latents, return_dict=False)[0]

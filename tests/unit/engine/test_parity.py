@@ -45,7 +45,8 @@ def test_fp32_table_covers_what_the_issue_names(fp32_report: ParityReport, golde
     for what in ("ViT output", "input resampler", "per-tile embedding", "LLM input embeddings",
                  "prefill final-norm states", "logits at every step", "generated ids",
                  "64 image-query states", "output resampler features", "negative pooled",
-                 "token ids"):  # fmt: skip
+                 "token ids", "condition latent", "oracle conditioning in: final latents",
+                 "end to end: decoded image"):  # fmt: skip
         assert what in names, what
     for case in ("generate (first_stage)", "edit (second_stage)", "reconstruct (first_stage)"):
         assert f"{case}: prompt embeds" in names
