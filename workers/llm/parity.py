@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM worker path")
     args = parser.parse_args(argv)
 
+    if not (args.golden / "cases.json").is_file():
+        print(
+            f"no parity goldens in {args.golden}: run from a clone of the repository "
+            "(tests/golden/parity) or pass --golden DIR"
+        )
+        return 2
     started = time.perf_counter()
     golden = Golden.load(args.golden)
     dtype = _DTYPES[args.dtype]

@@ -8,6 +8,8 @@ Each row of :func:`engine.parity.run_parity` is one quantity; all must hold in f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -81,3 +83,21 @@ def test_the_comparison_catches_a_swapped_resize_filter(
     cmp = parity._Comparer(report, parity.tolerance(torch.float32))
     parity._compare_anyres(golden, SeedXArch().resolution_grids, 448, cmp)
     assert any("pixels" in r.quantity and not r.passed for r in report.rows)
+
+
+def test_bench_without_goldens_says_where_they_live(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from workers.llm.parity import main
+
+    assert main(["--golden", str(tmp_path), "--no-vllm"]) == 2
+    assert "tests/golden/parity" in capsys.readouterr().out
+
+
+def test_bench_prints_the_table_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    from workers.llm.parity import main
+
+    assert main(["--no-vllm", "--only", "tokenizer", "--only", "anyres"]) == 0
+    out = capsys.readouterr().out
+    assert "max-abs diff" in out
+    assert "rows within bound" in out
