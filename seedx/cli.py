@@ -17,12 +17,43 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
+    if args.dims == "real":
+        return _make_real(args)
     from engine.checkpoint.tiny import make_tiny
 
     root = make_tiny(Path(args.dir), seed=args.seed, progress=not args.quiet)
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     print(f"wrote a tiny random-weight SEED-X tree to {root} ({size / 2**20:.1f} MiB)")
     print("its weights are random: outputs are noise, every code path is real")
+    return 0
+
+
+def _make_real(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.checkpoint.real_dims import RealDims, make_real
+
+    dims = RealDims(
+        llm_layers=args.llm_layers,
+        vit_layers=args.vit_layers,
+        models=tuple(args.models.split(",")),
+        detokenizers=not args.no_detokenizers,
+        dtype={"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[
+            args.dtype
+        ],
+        device=args.device,
+        shard_bytes=int(args.shard_gb * 2**30),
+    )
+    try:
+        dims.validate()
+    except ValueError as error:
+        print(f"error: {error}")
+        return 2
+    root = make_real(Path(args.dir), dims, seed=args.seed, progress=not args.quiet)
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    print(
+        f"wrote a random-weight SEED-X tree at real dimensions to {root} ({size / 2**30:.2f} GiB)"
+    )
     return 0
 
 
@@ -171,6 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--quiet", action="store_true", help="no progress bar")
+    tiny.add_argument(
+        "--dims",
+        choices=["tiny", "real"],
+        default="tiny",
+        help="real: SEED-X-17B / SDXL dimensions, for speed and memory measurements",
+    )
+    real = tiny.add_argument_group("--dims real")
+    real.add_argument("--llm-layers", type=int, default=40, help="LLaMA layers of 40 (real width)")
+    real.add_argument("--vit-layers", type=int, default=48, help="ViT layers of 48 (real width)")
+    real.add_argument(
+        "--models", default="seed-x-i", help="comma-separated: seed-x,seed-x-i,seed-x-edit"
+    )
+    real.add_argument(
+        "--no-detokenizers", action="store_true", help="skip SDXL and the de-tokenizers"
+    )
+    real.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
+                      help="stored dtype (the release is float32)")  # fmt: skip
+    real.add_argument("--device", default="cpu", help="where weights are drawn, e.g. cuda")
+    real.add_argument("--shard-gb", type=float, default=4.0, help="LLM shard size (peak memory)")
     tiny.set_defaults(handler=_make_tiny)
 
     conv = sub.add_parser("convert", help="released SEED-X tree -> serving layout")
