@@ -35,7 +35,7 @@ from engine.agent import SeedXAgent
 from engine.arch import SeedXArch, VitArch
 from engine.checkpoint import layout
 from engine.checkpoint.random_init import randomize_
-from engine.checkpoint.tiny import llama_config
+from engine.checkpoint.tiny import llama_config, write_llm_metadata
 from engine.vit import QwenViT
 
 logger = logging.getLogger(__name__)
@@ -185,20 +185,7 @@ def write_streamed_llm(
         torch.save(tensors, folder / shard_name)
         weight_map.update(dict.fromkeys(tensors, shard_name))
         del tensors
-    _write_json(
-        folder / layout.LLM_INDEX_FILE,
-        {"metadata": {"total_size": total}, "weight_map": weight_map},
-    )
-    _write_json(folder / "config.json", config)
-    _write_json(
-        folder / "generation_config.json",
-        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "temperature": 0.9,
-         "top_p": 0.6, "transformers_version": "4.30.2"},
-    )  # fmt: skip
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_llm_metadata(folder, config, weight_map, total)
 
 
 def _module_state(module: torch.nn.Module, seed: int, dims: RealDims) -> dict[str, torch.Tensor]:

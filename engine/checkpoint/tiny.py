@@ -88,6 +88,13 @@ def write_llm_folder(folder: Path, config: dict[str, Any], seed: int) -> None:
         torch.save(shard, folder / shard_name)
         weight_map.update(dict.fromkeys(shard, shard_name))
         total += sum(t.numel() * t.element_size() for t in shard.values())
+    write_llm_metadata(folder, config, weight_map, total)
+
+
+def write_llm_metadata(
+    folder: Path, config: dict[str, Any], weight_map: dict[str, str], total: int
+) -> None:
+    """The index, ``config.json`` and ``generation_config.json`` of a released ``llm/``."""
     index_json = {"metadata": {"total_size": total}, "weight_map": weight_map}
     _write_json(folder / layout.LLM_INDEX_FILE, index_json)
     _write_json(folder / "config.json", config)
