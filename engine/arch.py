@@ -23,6 +23,7 @@ ARCH_FILE_NAME = "seedx_arch.json"
 # Fixed by the vocabulary and the prompt format, not by model size: 64 query tokens per picture
 # (<img_00000>..<img_00063>) and pictures of 448x448 pixels for the any-res grids.
 NUM_QUERY_TOKENS = 64
+IMAGE_BLOCK_TOKENS = NUM_QUERY_TOKENS + 2  # <img> + 64 queries + </img>
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from engine.anyres import AnyResImage, preprocess_anyres
+from engine.arch import IMAGE_BLOCK_TOKENS
 from engine.boxes import Box, parse_boxes_from_ids
 from engine.pipeline_inputs import EditJob, GenerateJob
 from engine.pipelines import DetokenizerPipeline
@@ -27,8 +28,6 @@ from engine.prompts import (
 )
 from engine.reference import Generation, SeedXReference
 from engine.sampling import SamplingJob, SamplingOptions
-
-IMAGE_BLOCK_TOKENS = 66  # <img> + 64 queries + </img>
 
 
 @dataclass

@@ -12,6 +12,7 @@ BENCHES = {
     "llm": "workers.llm.bench",
     "diffusion": "workers.diffusion.bench",
     "chaos": "seedx.chaos.bench",
+    "gpu-check": "seedx.gpu_check",
 }
 
 

@@ -25,7 +25,6 @@ The grid set is the model's (``seed-x-edit``: the 1x1 grid only, §4.1), read fr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -51,33 +50,12 @@ from vllm.multimodal.processing import (
 from engine.anyres import (
     AnyResImage,
     GlobalViewImage,
-    candidate_resolutions,
-    choose_resolution,
     preprocess_anyres,
     preprocess_global_view,
 )
-from engine.arch import NUM_QUERY_TOKENS, SeedXArch
+from engine.arch import NUM_QUERY_TOKENS
+from engine.image_rules import ImageRules, rules_from_seedx
 from engine.vllm_plugin.ids import SeedXTokenIds, token_ids_for
-
-
-@dataclass(frozen=True)
-class ImageRules:
-    """The any-res settings of one served model."""
-
-    grids: tuple[str, ...]
-    base_resolution: int
-
-    def num_pictures(self, width: int, height: int) -> int:
-        """Tiles of the chosen grid + the global view, without touching pixels (§4.2)."""
-        candidates = candidate_resolutions(self.grids, self.base_resolution)
-        w, h = choose_resolution((width, height), candidates)
-        return (w // self.base_resolution) * (h // self.base_resolution) + 1
-
-    def largest_size(self) -> tuple[int, int]:
-        """An image size whose grid has the most tiles (profiling uses it)."""
-        return max(
-            candidate_resolutions(self.grids, self.base_resolution), key=lambda s: s[0] * s[1]
-        )
 
 
 def image_rules(hf_config: Any) -> ImageRules:
@@ -85,9 +63,7 @@ def image_rules(hf_config: Any) -> ImageRules:
     seedx = getattr(hf_config, "seedx", None)
     if not isinstance(seedx, dict):
         raise ValueError("config.json has no 'seedx' section: is this a `seedx convert` folder?")
-    arch = SeedXArch.from_dict(seedx["arch"])
-    grids = arch.edit_resolution_grids if seedx["model"] == "seed-x-edit" else arch.resolution_grids
-    return ImageRules(tuple(grids), arch.base_resolution)
+    return rules_from_seedx(seedx)
 
 
 class SeedXProcessingInfo(BaseProcessingInfo):

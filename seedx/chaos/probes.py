@@ -51,8 +51,8 @@ def _hostile_messages(tokens: list[str]) -> dict[str, list[dict[str, str]]]:
 
 async def special_tokens(stack: Stack, chunk: int = 24) -> Figures:
     """Every special and added token string of the served tokenizer, in every position."""
+    from engine.image_rules import ImageRules
     from engine.tokenizer import SeedXTokenizer
-    from engine.vllm_plugin.processor import ImageRules
     from workers.llm.prompting import prepare_prompt
     from workers.protocol import ChatJob
 

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def _tiny_root() -> Path:
 
 
 @contextmanager
-def _redis_url(url: str | None) -> Iterator[tuple[str, str]]:
+def redis_url(url: str | None) -> Iterator[tuple[str, str]]:
     if url:
         yield url, url
         return
@@ -81,7 +82,7 @@ def _redis_url(url: str | None) -> Iterator[tuple[str, str]]:
         server.stop()
 
 
-def _embeddings(pipeline: DetokenizerPipeline, count: int) -> list[np.ndarray]:
+def random_embeddings(pipeline: DetokenizerPipeline, count: int) -> list[np.ndarray]:
     arch = pipeline.resampler.arch
     g = torch.Generator().manual_seed(0)
     return [
@@ -90,7 +91,7 @@ def _embeddings(pipeline: DetokenizerPipeline, count: int) -> list[np.ndarray]:
     ]
 
 
-def _bare_loop(
+def bare_loop(
     pipeline: DetokenizerPipeline, embeds: list[np.ndarray], options: SamplingOptions, batch: int
 ) -> float:
     """Seconds for the engine alone to turn the embeddings into PNG bytes, ``batch`` at a time."""
@@ -107,33 +108,57 @@ def _bare_loop(
     return time.perf_counter() - started
 
 
-def _per_image(
-    pipeline: DetokenizerPipeline, embed: np.ndarray, options: SamplingOptions
-) -> dict[int, float]:
-    """Per-image seconds of sample + decode at each batch size (best of 3)."""
+@dataclass(frozen=True)
+class BatchTiming:
+    """Per-image seconds of sample + decode at one batch size, and the peak device memory."""
+
+    seconds: float
+    peak_bytes: int | None  # CUDA only: torch.cuda.max_memory_allocated over the timed runs
+
+
+def per_image(
+    pipeline: DetokenizerPipeline,
+    embed: np.ndarray,
+    options: SamplingOptions,
+    batches: tuple[int, ...] = BATCHES,
+    repeats: int = 3,
+) -> dict[int, BatchTiming]:
+    """Per-image seconds of sample + decode at each batch size (best of ``repeats``)."""
     tensor = torch.from_numpy(embed.astype(np.float32))[None]
-    times: dict[int, float] = {}
-    for batch in BATCHES:
+    cuda = pipeline.device.type == "cuda"
+    timings: dict[int, BatchTiming] = {}
+    for batch in batches:
         jobs = pipeline.prepare_generate([GenerateJob(tensor, seed=i) for i in range(batch)])
         pipeline.decode(pipeline.sample(jobs, options))  # new shapes: first-call costs
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         runs = []
-        for _ in range(3):
+        for _ in range(repeats):
             started = time.perf_counter()
             pipeline.decode(pipeline.sample(jobs, options))
+            if cuda:
+                torch.cuda.synchronize()
             runs.append((time.perf_counter() - started) / batch)
-        times[batch] = min(runs)
-    return times
+        peak = torch.cuda.max_memory_allocated() if cuda else None
+        timings[batch] = BatchTiming(min(runs), peak)
+    return timings
 
 
-async def _worker_runs(
+async def worker_runs(
     pipeline: DetokenizerPipeline,
     embeds: list[np.ndarray],
-    args: argparse.Namespace,
     root: Path,
     url: str,
     bare: Any,
+    *,
+    size: int,
+    steps: int,
+    max_batch: int,
+    repeats: int,
 ) -> tuple[list[float], list[float]]:
-    """Alternating (bare, worker) timings; the worker stays up between repeats."""
+    """Alternating (bare, worker) timings of the jobs ``embeds`` at ``size``² and ``steps``
+    (the worker batching up to ``max_batch``); the worker stays up between repeats."""
     from workers.connection import create_redis
     from workers.diffusion.settings import DiffusionWorkerSettings
     from workers.diffusion.worker import diffusion_service
@@ -144,7 +169,7 @@ async def _worker_runs(
 
     redis_settings, queue = RedisSettings(url=url), QueueSettings(block_s=0.2)
     settings = DiffusionWorkerSettings(
-        model=root, max_batch=args.max_batch, warmup=False, redis=redis_settings, queue=queue
+        model=root, max_batch=max_batch, warmup=False, redis=redis_settings, queue=queue
     )
     redis = create_redis(redis_settings)
     await redis.flushdb()
@@ -166,9 +191,9 @@ async def _worker_runs(
                     reply_to=transport.reply_to,
                     embedding=ref,
                     seed=i,
-                    width=args.size,
-                    height=args.size,
-                    steps=args.steps,
+                    width=size,
+                    height=size,
+                    steps=steps,
                 )
             )
             for i, ref in enumerate(refs)
@@ -184,7 +209,7 @@ async def _worker_runs(
                         handler=service.handler, capacity=settings.held_jobs)  # fmt: skip
         task = asyncio.create_task(worker.run())
         await run_jobs()  # warm: connections, threads, first batch shapes
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             bare_times.append(bare())
             worker_times.append(await run_jobs())
         worker.stop()
@@ -206,14 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     pipeline = load_pipeline(settings)
     options = SamplingOptions(args.size, args.size, args.steps)
-    embeds = _embeddings(pipeline, args.jobs)
-    _bare_loop(pipeline, embeds[: args.max_batch], options, args.max_batch)  # warm up
-    with _redis_url(args.redis_url) as (url, redis_label):
+    embeds = random_embeddings(pipeline, args.jobs)
+    bare_loop(pipeline, embeds[: args.max_batch], options, args.max_batch)  # warm up
+    with redis_url(args.redis_url) as (url, redis_label):
         bare_times, worker_times = asyncio.run(
-            _worker_runs(pipeline, embeds, args, root, url,
-                         lambda: _bare_loop(pipeline, embeds, options, args.max_batch))
+            worker_runs(pipeline, embeds, root, url,
+                        lambda: bare_loop(pipeline, embeds, options, args.max_batch),
+                        size=args.size, steps=args.steps, max_batch=args.max_batch,
+                        repeats=args.repeats)
         )  # fmt: skip
-    per_image = _per_image(pipeline, embeds[0], options)
+    per_image_s = per_image(pipeline, embeds[0], options)
     bare, worker = min(bare_times), min(worker_times)
     median_ratio = statistics.median(worker_times) / statistics.median(bare_times)
     label = "tiny" if args.model is None else str(root)
@@ -226,8 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'worker via Redis (end to end)':<44}{worker:>10.3f}{worker / bare:>10.3f}"
           "   goal <= 1.03")  # fmt: skip
     for batch in BATCHES:
-        ratio = per_image[batch] / per_image[1]
-        print(f"{f'per image, batch {batch} (sample+decode)':<44}{per_image[batch]:>10.4f}"
+        seconds = per_image_s[batch].seconds
+        ratio = seconds / per_image_s[1].seconds
+        print(f"{f'per image, batch {batch} (sample+decode)':<44}{seconds:>10.4f}"
               f"{ratio:>10.3f}")  # fmt: skip
     print(f"(best of {args.repeats}; ratio of medians {median_ratio:.3f}; bare runs "
           f"{', '.join(f'{t:.3f}' for t in bare_times)}; worker runs "

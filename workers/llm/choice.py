@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
+from engine.arch import IMAGE_BLOCK_TOKENS
 from engine.vllm_plugin.capture import capture_args
 from engine.vllm_plugin.ids import SeedXTokenIds
 from engine.vllm_plugin.rules import rules_args
@@ -39,8 +40,6 @@ from workers.llm.types import (
     LLMRequest,
     TextDelta,
 )
-
-IMAGE_BLOCK_TOKENS = 66  # <img> + 64 queries + </img>
 
 
 class SegmentRunner(Protocol):

@@ -28,10 +28,11 @@ import torch
 from PIL import Image
 
 from engine.anyres import GlobalViewImage
+from engine.image_rules import ImageRules
 from engine.tokenizer import SeedXTokenizer
 from engine.vllm_plugin.capture import capture_args, unpack_tensor
 from engine.vllm_plugin.ids import SeedXTokenIds
-from engine.vllm_plugin.processor import ImageRules, image_rules
+from engine.vllm_plugin.processor import image_rules
 from workers.llm.choice import ChoiceRun, ChoiceSettings
 from workers.llm.text import AnswerText
 from workers.llm.types import (

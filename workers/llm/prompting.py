@@ -6,7 +6,7 @@ text-to-image template of the last user text, an image required. ``task="edit"``
 template on the first image of the last user message, an image required.
 
 Each user image's picture count comes from the model's any-res rules
-(``engine.vllm_plugin.processor.ImageRules``), the same function the vLLM processor applies, so
+(``engine.image_rules.ImageRules``), the same function the vLLM processor applies, so
 the blocks written here are the ones it looks for. An image in an assistant turn is one the model
 generated, sent back unchanged by an OpenAI client: it is written as SEED-X wrote it, one
 ``<img>`` block after the turn's text (``ImageInput(1)``), and handed to vLLM as a
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from engine.anyres import GlobalViewImage
+from engine.image_rules import ImageRules
 from engine.prompts import (
     ImageInput,
     Turn,
@@ -30,7 +31,6 @@ from engine.prompts import (
     text_to_image_template,
 )
 from engine.tokenizer import SeedXTokenizer
-from engine.vllm_plugin.processor import ImageRules
 from workers.protocol import ChatJob, ImagePart, TextPart
 
 MAX_IMAGE_PIXELS = 64_000_000

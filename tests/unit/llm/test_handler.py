@@ -20,9 +20,9 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 from engine.anyres import GlobalViewImage
+from engine.image_rules import ImageRules
 from engine.prompts import ImageInput, Turn, build_prompt, chat_template
 from engine.tokenizer import SeedXTokenizer
-from engine.vllm_plugin.processor import ImageRules
 from workers import protocol as wire
 from workers.errors import InvalidRequest
 from workers.handler import JobContext

@@ -89,7 +89,7 @@ async def test_the_llm_workers_own_prompt_path(
     client: httpx.AsyncClient, backend: FakeBackend, tok: SeedXTokenizer
 ) -> None:
     pytest.importorskip("vllm", reason="the LLM worker's prompting imports vLLM")
-    from engine.vllm_plugin.processor import ImageRules
+    from engine.image_rules import ImageRules
     from workers.llm.prompting import prepare_prompt
 
     rules = ImageRules(("1x1",), 448)
