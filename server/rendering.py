@@ -1,9 +1,10 @@
 """Image options shared by chat and the images API: validation into diffusion job fields, and
 rendering a finished image as ``b64_json``, a ``data:`` URL or one of our content URLs.
 
-Size: ``WIDTHxHEIGHT`` (or ``auto``), each side a multiple of 8 (the wire contract's rule; the
-de-tokenizer worker may be stricter and then answers ``invalid_request``) within
-``bounds.min_size``..``bounds.max_size``.
+Size: ``WIDTHxHEIGHT`` (or ``auto``), each side a multiple of 64 within
+``bounds.min_size``..``bounds.max_size``: what the de-tokenizer samples
+(``engine.sampling.SIZE_MULTIPLE``; a test holds the two equal), checked here so a bad size is a
+400 naming ``size`` before any model work, not a refusal after the LLM stage ran.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any, Literal
 from server.errors import InvalidRequest
 from server.published import CONTENT_TYPES, ImagePublisher
 from server.settings import Bounds
+
+SIZE_MULTIPLE = 64  # engine.sampling.SIZE_MULTIPLE (the gateway does not import torch)
 
 ResponseFormat = Literal["b64_json", "url"]
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -28,9 +31,9 @@ def parse_size(size: str | None, bounds: Bounds, param: str = "size") -> tuple[i
         raise InvalidRequest(f"size must be WIDTHxHEIGHT or auto, got {text!r}", param=param)
     width, height = int(width_text), int(height_text)
     for side in (width, height):
-        if not bounds.min_size <= side <= bounds.max_size or side % 8:
+        if not bounds.min_size <= side <= bounds.max_size or side % SIZE_MULTIPLE:
             raise InvalidRequest(
-                f"size {width}x{height}: each side must be a multiple of 8 in "
+                f"size {width}x{height}: each side must be a multiple of {SIZE_MULTIPLE} in "
                 f"{bounds.min_size}..{bounds.max_size}",
                 param=param,
             )

@@ -97,7 +97,7 @@ class ChatImageOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     size: str | None = Field(
-        default=None, pattern=r"^\d{2,4}x\d{2,4}$", description="WIDTHxHEIGHT, multiples of 8."
+        default=None, pattern=r"^\d{2,4}x\d{2,4}$", description="WIDTHxHEIGHT, multiples of 64."
     )
     steps: int | None = Field(default=None, ge=1, description="Denoising steps.")
     guidance_scale: float | None = Field(default=None, ge=0, le=50)

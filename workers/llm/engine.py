@@ -34,6 +34,7 @@ from engine.vllm_plugin.capture import capture_args, unpack_tensor
 from engine.vllm_plugin.ids import SeedXTokenIds
 from engine.vllm_plugin.processor import image_rules
 from workers.llm.choice import ChoiceRun, ChoiceSettings
+from workers.llm.prompting import BadRequest
 from workers.llm.text import AnswerText
 from workers.llm.types import (
     ChoiceFinished,
@@ -245,16 +246,18 @@ class SeedXLLMEngine:
             await self.llm.abort(list(live))
 
     def check(self, request: LLMRequest) -> None:
-        """Raises ``ValueError`` for a request this engine cannot serve (before any work)."""
+        """Raises ``BadRequest`` (a ``ValueError`` naming the parameter) for a request this
+        engine cannot serve, before any work."""
         length = len(request.prompt_ids)
         if not length or request.prompt_ids[0] != self.ids.bos:
-            raise ValueError("prompt_ids must start with BOS (build them with build_prompt)")
+            raise BadRequest("prompt_ids must start with BOS (build them with build_prompt)")
         if length >= self.max_model_len:
-            raise ValueError(
-                f"prompt is {length} tokens; this model serves at most {self.max_model_len - 1}"
+            raise BadRequest(
+                f"prompt is {length} tokens; this model serves at most {self.max_model_len - 1}",
+                "messages",
             )
         if request.image_required and request.sampling.max_tokens < 66:
-            raise ValueError("max_tokens must be >= 66 when an image is required")
+            raise BadRequest("max_tokens must be >= 66 when an image is required", "max_tokens")
 
 
 class _VllmSegments:

@@ -10,8 +10,11 @@ aborts its vLLM requests at once. Bad input answers ``Failed(code="invalid_reque
 work; the engine keeps serving other jobs. Metrics: ``workers.llm.metrics``.
 
 Sampling: a job whose ``temperature`` is None asks for the model's default, which for SEED-X is
-greedy decoding (spec §5.5: the original calls ``generate(do_sample=False)``); an explicit value
-is honoured (0 is greedy too). See ``workers.protocol.SamplingParams``.
+greedy decoding (spec §5.5: the original calls ``generate(do_sample=False)``), except with
+``n > 1``: greedy choices would all be the same answer, so several choices sample at OpenAI's
+default temperature 1, each with its own seed stream (``workers.llm.choice``). An explicit value
+is honoured (0 is greedy too, and then ``n`` identical choices is what was asked for). See
+``workers.protocol.SamplingParams``.
 """
 
 from __future__ import annotations
@@ -34,11 +37,17 @@ logger = logging.getLogger(__name__)
 
 GREEDY = 0.0
 """SEED-X's default temperature (§5.5: greedy), used when a job leaves ``temperature`` unset."""
+SAMPLED_CHOICES = 1.0
+"""The default temperature of a job asking for ``n > 1`` choices (OpenAI's default)."""
 
 
 def sampling_options(params: wire.SamplingParams) -> llm.SamplingOptions:
-    """Wire sampling -> engine options; an unset temperature is the model default (greedy)."""
-    temperature = GREEDY if params.temperature is None else params.temperature
+    """Wire sampling -> engine options; an unset temperature is the model default (greedy), or
+    sampling at 1 when several choices are asked for, so they can differ."""
+    if params.temperature is not None:
+        temperature = params.temperature
+    else:
+        temperature = SAMPLED_CHOICES if params.n > 1 else GREEDY
     return llm.SamplingOptions(
         temperature, params.top_p, params.max_tokens, params.stop, params.seed, params.n
     )

@@ -9,7 +9,7 @@ engine gives :class:`workers.llm.handler.LLMJobHandler` what
 
 It serves what the reference serves: greedy decoding (§5.5), one choice, text prompts, batch 1,
 one generation at a time on a worker thread (the event loop keeps serving heartbeats and
-leases). Anything else is refused before any work by :meth:`check` with a ``ValueError`` naming
+leases). Anything else is refused before any work by :meth:`check` with a ``BadRequest`` naming
 the field, which the handler answers as a 400: never a silently different answer. Not for
 production traffic: vLLM's continuous batching is what serves concurrent users.
 """
@@ -25,6 +25,7 @@ import torch
 from engine.arch import IMAGE_BLOCK_TOKENS
 from engine.image_rules import ImageRules, rules_from_seedx
 from engine.reference import SeedXReference
+from workers.llm.prompting import BadRequest
 from workers.llm.text import AnswerText
 from workers.llm.types import (
     BoxesFound,
@@ -68,27 +69,34 @@ class ReferenceLLMEngine:
         """Nothing runs outside this process."""
 
     def check(self, request: LLMRequest) -> None:
-        """Raises ``ValueError`` for what the reference cannot serve exactly as asked."""
+        """Raises ``BadRequest`` (naming the parameter) for what the reference cannot serve
+        exactly as asked."""
         sampling = request.sampling
         if sampling.temperature != 0.0:
-            raise ValueError("the reference engine decodes greedily: temperature must be 0")
+            raise BadRequest(
+                "the reference engine decodes greedily: temperature must be 0", "temperature"
+            )
         if sampling.n != 1:
-            raise ValueError("the reference engine serves n = 1")
+            raise BadRequest("the reference engine serves n = 1", "n")
         if sampling.stop:
-            raise ValueError("the reference engine does not take stop strings")
+            raise BadRequest("the reference engine does not take stop strings", "stop")
         if request.images:
-            raise ValueError("the reference engine serves text prompts only (no input images)")
+            raise BadRequest(
+                "the reference engine serves text prompts only (no input images)", "messages"
+            )
         ids = request.prompt_ids
         if not ids or ids[0] != self.tokenizer.bos_id:
-            raise ValueError("prompt_ids must start with BOS (build them with build_prompt)")
+            raise BadRequest("prompt_ids must start with BOS (build them with build_prompt)")
         if len(ids) + sampling.max_tokens > self.max_model_len:
-            raise ValueError(
+            raise BadRequest(
                 f"prompt ({len(ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the "
-                f"model's {self.max_model_len} positions"
+                f"model's {self.max_model_len} positions",
+                "max_tokens",
             )
         if request.image_required and sampling.max_tokens < IMAGE_BLOCK_TOKENS:
-            raise ValueError(
-                f"max_tokens must be >= {IMAGE_BLOCK_TOKENS} when an image is required"
+            raise BadRequest(
+                f"max_tokens must be >= {IMAGE_BLOCK_TOKENS} when an image is required",
+                "max_tokens",
             )
 
     async def generate(

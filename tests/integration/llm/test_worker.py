@@ -80,6 +80,24 @@ async def _scenario(engine: Any, redis_settings: Any, queue_settings: Any) -> No
         assert replies[-1].event.type == "failed"
         assert replies[-1].event.error.code == "invalid_request"
 
+        # n = 2 with no temperature: sampled at OpenAI's default, so the choices differ
+        job = _job(gw.reply_to, (TextPart(text="a story"),),
+                   sampling=SamplingParams(max_tokens=24, n=2))  # fmt: skip
+        replies = await asyncio.wait_for((await gw.submit(job)).collect(), 60)
+        texts = ["", ""]
+        for reply in replies:
+            if reply.event.type == "text.delta":
+                texts[reply.event.choice] += reply.event.text
+        assert replies[-1].event.type == "done"
+        assert texts[0] != texts[1], texts
+
+        # a prompt longer than the context: a 400 naming `messages`, before any engine work
+        job = _job(gw.reply_to, (TextPart(text="word " * 3000),))
+        replies = await asyncio.wait_for((await gw.submit(job)).collect(), 30)
+        error = replies[-1].event.error
+        assert (error.code, error.param) == ("invalid_request", "messages")
+        assert "tokens" in error.message
+
         # cancellation mid-generation aborts the vLLM requests
         long = _job(
             gw.reply_to,

@@ -181,6 +181,13 @@ async def test_unset_temperature_decodes_greedily(tokenizer: SeedXTokenizer) -> 
     assert sampling_options(wire.SamplingParams(temperature=1.0)).temperature == 1.0
 
 
+def test_several_choices_sample_unless_told_otherwise() -> None:
+    """n > 1 with no temperature: greedy would give n copies of one answer."""
+    assert sampling_options(wire.SamplingParams(n=2)).temperature == 1.0
+    assert sampling_options(wire.SamplingParams(n=2, temperature=0.0)).temperature == 0.0
+    assert sampling_options(wire.SamplingParams(n=1)).temperature == 0.0
+
+
 async def test_unreadable_image_is_an_invalid_request(tokenizer: SeedXTokenizer) -> None:
     model = "metrics-invalid"
     handler = LLMJobHandler(ScriptedEngine(tokenizer, "seed-x-i"), LLMMetrics(model))

@@ -139,7 +139,7 @@ async def test_image_answer_is_a_content_part_that_can_be_sent_back(
     body = {
         "messages": first_turn,
         "modalities": ["text", "image"],
-        "image_options": {"size": "64x72", "steps": 3, "seed": 11},
+        "image_options": {"size": "64x128", "steps": 3, "seed": 11},
     }
     response = await client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
@@ -152,7 +152,13 @@ async def test_image_answer_is_a_content_part_that_can_be_sent_back(
     assert len(diffusion) == 1
     job = diffusion[0]
     assert isinstance(job, ImageGenerateJob)
-    assert (job.model, job.width, job.height, job.steps, job.seed) == ("first_stage", 64, 72, 3, 11)
+    assert (job.model, job.width, job.height, job.steps, job.seed) == (
+        "first_stage",
+        64,
+        128,
+        3,
+        11,
+    )
 
     backend.jobs.clear()
     second = {"messages": [*first_turn, message, {"role": "user", "content": "Bigger"}]}
@@ -332,3 +338,17 @@ async def test_bad_image_names_its_part(client: httpx.AsyncClient, backend: Fake
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages[0].content[2].image_url"
     assert backend.jobs == []
+
+
+def test_gateway_size_rule_is_the_de_tokenizers() -> None:
+    """The gateway refuses what the de-tokenizer cannot sample, and nothing it can."""
+    from engine.sampling import SIZE_MULTIPLE
+    from server import rendering
+    from server.settings import Bounds
+
+    assert rendering.SIZE_MULTIPLE == SIZE_MULTIPLE
+    assert rendering.parse_size("1024x576", Bounds()) == (1024, 576)
+    with pytest.raises(rendering.InvalidRequest) as refused:
+        rendering.parse_size("1000x1000", Bounds())
+    assert refused.value.param == "size"
+    assert "multiple of 64" in str(refused.value)
