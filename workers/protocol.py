@@ -184,6 +184,11 @@ class SamplingParams(_Part):
         default=None, description="Set it: a reclaimed job then replays the same stream."
     )
     n: int = Field(default=1, ge=1, le=16)
+    # OpenAI's penalties, applied by vLLM to the tokens generated so far in the current segment
+    # (a segment ends at each generated image: workers.llm.choice). Added compatibly in v1: an
+    # older worker rejects a job that sets them, so upgrade workers before gateways.
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
 
 
 class ChatJob(_JobEnvelope):

@@ -2,7 +2,7 @@
 
 Unknown fields are ignored, as OpenAI-compatible servers do for parameters they do not know.
 OpenAI parameters that change the answer but that SEED-X cannot honour (tools, logprobs, JSON
-mode, penalties, ...) are *refused* with a 400 naming the parameter rather than ignored: an app
+mode, ...) are *refused* with a 400 naming the parameter rather than ignored: an app
 relying on them must not get a silently different answer (STYLE.md §4: never quietly fix).
 
 Assistant turns are accepted exactly as this gateway returns them, so a conversation can be sent
@@ -126,7 +126,7 @@ _REFUSED_IF_SET = (
     "web_search_options",
 )
 _REFUSED_IF_TRUE = ("logprobs", "parallel_tool_calls")
-_REFUSED_IF_NONZERO = ("frequency_penalty", "presence_penalty", "top_logprobs")
+_REFUSED_IF_NONZERO = ("top_logprobs",)
 
 
 class ChatCompletionRequest(BaseModel):
@@ -149,6 +149,8 @@ class ChatCompletionRequest(BaseModel):
         None
     )
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = Field(default=None, max_length=256)
     modalities: list[Literal["text", "image"]] | None = Field(
         default=None, description='["text", "image"] lets the model answer with images.'

@@ -80,6 +80,8 @@ def _plan(gateway: Gateway, req: ChatCompletionRequest) -> _Plan:
         stop=req.stop_list,
         seed=fresh_seed() if req.seed is None else req.seed,
         n=req.n,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
     )
     model = req.model or gateway.settings.models.chat
     if not req.wants_images:

@@ -157,6 +157,8 @@ class ChoiceRun:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             seed=_segment_seed(sampling.seed, self.choice, self.segment),
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
             max_tokens=max(1, self.budget_left),
             stop_token_ids=[self.tok.eos, *self.tok.block_openers],
             ignore_eos=True,  # EOS is in stop_token_ids (the engine runs without a tokenizer)

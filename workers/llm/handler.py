@@ -49,7 +49,14 @@ def sampling_options(params: wire.SamplingParams) -> llm.SamplingOptions:
     else:
         temperature = SAMPLED_CHOICES if params.n > 1 else GREEDY
     return llm.SamplingOptions(
-        temperature, params.top_p, params.max_tokens, params.stop, params.seed, params.n
+        temperature,
+        params.top_p,
+        params.max_tokens,
+        params.stop,
+        params.seed,
+        params.n,
+        params.presence_penalty,
+        params.frequency_penalty,
     )
 
 

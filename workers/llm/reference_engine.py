@@ -78,6 +78,9 @@ class ReferenceLLMEngine:
             )
         if sampling.n != 1:
             raise BadRequest("the reference engine serves n = 1", "n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(sampling, name):
+                raise BadRequest(f"the reference engine does not apply {name}", name)
         if sampling.stop:
             raise BadRequest("the reference engine does not take stop strings", "stop")
         if request.images:

@@ -35,6 +35,8 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def validate(self) -> None:
         """Raises ``ValueError`` naming the first bad field."""
@@ -46,6 +48,9 @@ class SamplingOptions:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if not 1 <= self.n <= 16:
             raise ValueError(f"n must be in [1, 16], got {self.n}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
 

@@ -91,6 +91,18 @@ async def _scenario(engine: Any, redis_settings: Any, queue_settings: Any) -> No
         assert replies[-1].event.type == "done"
         assert texts[0] != texts[1], texts
 
+        # penalties reach vLLM: a strong frequency penalty changes a greedy answer
+        async def greedy_text(**penalties: float) -> str:
+            sampling = SamplingParams(temperature=0.0, max_tokens=40, **penalties)
+            job = _job(gw.reply_to, (TextPart(text="a story"),), sampling=sampling)
+            replies = await asyncio.wait_for((await gw.submit(job)).collect(), 60)
+            assert replies[-1].event.type == "done"
+            return "".join(r.event.text for r in replies if r.event.type == "text.delta")
+
+        plain = await greedy_text()
+        assert await greedy_text() == plain
+        assert await greedy_text(frequency_penalty=2.0) != plain
+
         # a prompt longer than the context: a 400 naming `messages`, before any engine work
         job = _job(gw.reply_to, (TextPart(text="word " * 3000),))
         replies = await asyncio.wait_for((await gw.submit(job)).collect(), 30)

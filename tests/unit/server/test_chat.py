@@ -49,6 +49,8 @@ async def test_non_streamed_answer_in_openai_shape(
         stop=["\n"],
         seed=5,
         user="u-1",
+        presence_penalty=0.5,
+        frequency_penalty=-0.25,
     )
     assert answer.object == "chat.completion"
     assert answer.id.startswith("chatcmpl-")
@@ -70,6 +72,7 @@ async def test_non_streamed_answer_in_openai_shape(
         5,
         1,
     )
+    assert (s.presence_penalty, s.frequency_penalty) == (0.5, -0.25)
     text, image = job.messages[0].content
     assert text == TextPart(text="What is this?")
     assert isinstance(image, ImagePart)
@@ -209,7 +212,7 @@ async def test_special_token_strings_reach_the_worker_unchanged(
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"logprobs": True}, "logprobs"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"n": 9}, "n"),
         ({"max_tokens": 100_000}, "max_tokens"),

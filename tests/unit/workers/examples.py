@@ -87,7 +87,14 @@ CHAT_JOB = ChatJob(
         ),
     ),
     sampling=SamplingParams(
-        temperature=0.7, top_p=0.9, max_tokens=256, stop=("</s>",), seed=7, n=2
+        temperature=0.7,
+        top_p=0.9,
+        max_tokens=256,
+        stop=("</s>",),
+        seed=7,
+        n=2,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
     ),
     allow_image_output=True,
     require_image=True,
