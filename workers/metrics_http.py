@@ -39,7 +39,7 @@ def metrics_app(alive: Liveness) -> Callable[..., Iterable[bytes]]:
             ok = alive()
             status = "200 OK" if ok else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"ok\n" if ok else b"engine is dead\n"]
+            return [b"ok\n" if ok else b"not live (starting, or its engine died)\n"]
         return metrics(environ, start_response)  # type: ignore[no-any-return]
 
     return app
@@ -53,6 +53,25 @@ def start_metrics_server(port: int, host: str, alive: Liveness) -> WSGIServer:
     thread.start()
     logger.info("metrics on http://%s:%d/metrics (liveness /healthz)", host, server.server_port)
     return server
+
+
+class LateLiveness:
+    """The liveness of a process that binds its metrics port before it loads its model.
+
+    A worker binds ``/metrics`` first thing, so the port is its own before vLLM or a sibling
+    worker's vLLM picks free ports of its own (a port chosen by a launcher and bound only after a
+    minutes-long load could be taken meanwhile). Until :meth:`set` hands over the real check,
+    ``/healthz`` answers 503, which a Kubernetes startup probe reads as "still starting".
+    """
+
+    def __init__(self) -> None:
+        self._check: Liveness | None = None
+
+    def set(self, check: Liveness) -> None:
+        self._check = check
+
+    def __call__(self) -> bool:
+        return self._check is not None and self._check()
 
 
 class LoopBeat:

@@ -30,7 +30,7 @@ from workers.diffusion.requests import RequestLimits
 from workers.diffusion.runner import BatchRunner
 from workers.diffusion.settings import DiffusionWorkerSettings
 from workers.logcontext import JobContextFilter
-from workers.metrics_http import LoopBeat, start_metrics_server
+from workers.metrics_http import LateLiveness, LoopBeat, start_metrics_server
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,21 @@ async def diffusion_service(
 
 async def serve(settings: DiffusionWorkerSettings) -> None:
     """Loads the de-tokenizer, consumes until SIGTERM/SIGINT, drains, exits."""
+    liveness = LateLiveness()  # the port is bound before the minutes-long load
+    server = (
+        start_metrics_server(settings.metrics_port, settings.metrics_host, liveness)
+        if settings.metrics_port is not None
+        else None
+    )
+    try:
+        await _serve(settings, liveness)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+async def _serve(settings: DiffusionWorkerSettings, liveness: LateLiveness) -> None:
     from workers.connection import create_redis
     from workers.worker import Worker
 
@@ -120,11 +135,7 @@ async def serve(settings: DiffusionWorkerSettings) -> None:
         await asyncio.to_thread(BatchRunner(pipeline).warmup)
     beat = LoopBeat()
     beat.start()
-    server = (
-        start_metrics_server(settings.metrics_port, settings.metrics_host, beat.alive)
-        if settings.metrics_port is not None
-        else None
-    )
+    liveness.set(beat.alive)
     redis = create_redis(settings.redis)
     try:
         async with diffusion_service(pipeline, settings) as service:
@@ -143,8 +154,6 @@ async def serve(settings: DiffusionWorkerSettings) -> None:
     finally:
         await redis.aclose()
         await beat.stop()
-        if server is not None:
-            server.shutdown()
 
 
 def configure_logging(level: str) -> None:

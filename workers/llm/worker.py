@@ -14,12 +14,16 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers import runloop
 from workers.settings import QueueSettings, RedisSettings
+
+if TYPE_CHECKING:
+    from workers.metrics_http import LateLiveness
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +79,30 @@ class LLMWorkerSettings(BaseSettings):
 
 
 async def serve(settings: LLMWorkerSettings) -> None:
-    """Starts the engine, consumes until SIGTERM/SIGINT, drains, shuts the engine down."""
+    """Starts the engine, consumes until SIGTERM/SIGINT, drains, shuts the engine down.
+
+    The metrics port is bound before anything heavy is imported or started (``LateLiveness``).
+    """
+    from workers.metrics_http import LateLiveness, start_metrics_server
+
+    liveness = LateLiveness()
+    server = None
+    if settings.metrics_port:
+        server = start_metrics_server(settings.metrics_port, settings.metrics_host, liveness)
+    try:
+        await _serve(settings, liveness)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+async def _serve(settings: LLMWorkerSettings, liveness: LateLiveness) -> None:
     from engine.loading import LlmFolder, resolve_llm_folder
     from workers.connection import create_redis
     from workers.llm.engine import EngineConfig, SeedXLLMEngine
     from workers.llm.handler import LLMJobHandler
     from workers.llm.metrics import LLMMetrics, SchedulerStatsLogger
-    from workers.metrics_http import start_metrics_server
     from workers.worker import Worker
 
     folder = resolve_llm_folder(settings.model)
@@ -98,11 +119,7 @@ async def serve(settings: LLMWorkerSettings) -> None:
         capture_entries=settings.query_row_cache,
     )
     engine = await SeedXLLMEngine.start(config, [SchedulerStatsLogger.factory(model)])
-    server = None
-    if settings.metrics_port:
-        server = start_metrics_server(
-            settings.metrics_port, settings.metrics_host, lambda: engine.alive
-        )
+    liveness.set(lambda: engine.alive)
     redis = create_redis(settings.redis)
     worker = Worker(
         redis,
@@ -120,8 +137,6 @@ async def serve(settings: LLMWorkerSettings) -> None:
     finally:
         await redis.aclose()
         engine.shutdown()
-        if server is not None:
-            server.shutdown()
 
 
 def main(

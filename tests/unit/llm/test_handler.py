@@ -306,3 +306,40 @@ async def test_loop_beat_goes_stale_when_the_loop_stops_beating() -> None:
     await beat.stop()
     await asyncio.sleep(0.08)
     assert not beat.alive()
+
+
+@pytest.mark.parametrize("module", ["workers.llm.worker", "workers.diffusion.worker"])
+async def test_workers_bind_their_metrics_port_before_loading(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port is the worker's before its model loads (a sibling's vLLM picks free ports while
+    it loads); /healthz says 503 until the loaded worker hands over its real liveness check."""
+    import importlib
+    import socket
+
+    import httpx
+
+    worker = importlib.import_module(module)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    seen: list[int] = []
+
+    async def loading(settings: object, liveness: Any) -> None:
+        async with httpx.AsyncClient() as client:
+            url = f"http://127.0.0.1:{port}/healthz"
+            seen.append((await client.get(url)).status_code)
+            liveness.set(lambda: True)
+            seen.append((await client.get(url)).status_code)
+
+    monkeypatch.setattr(worker, "_serve", loading)
+    if module.endswith("llm.worker"):
+        settings = worker.LLMWorkerSettings(
+            model=tmp_path, metrics_port=port, metrics_host="127.0.0.1"
+        )
+    else:
+        settings = worker.DiffusionWorkerSettings(
+            model=tmp_path, metrics_port=port, metrics_host="127.0.0.1"
+        )
+    await worker.serve(settings)
+    assert seen == [503, 200]
