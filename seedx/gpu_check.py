@@ -239,7 +239,7 @@ def check_diffusion(
     }
     last = profile.batches[-1]
     report.goal(f"per-image time, batch {last} / batch 1", timings[last].seconds / one, "<=", 0.6)
-    del pipeline
+    del pipeline, bare  # the closure holds the pipeline too
     _free(device)
     section["variants"] = _variants(root, device, embeds[0], options, profile, Clock(device))
     fastest = min(section["variants"].items(), key=lambda kv: kv[1].get("seconds", float("inf")))
@@ -591,15 +591,21 @@ def main(argv: list[str] | None = None) -> int:
     root = args.model or prepare_tree(args, work, device)
     report.meta["prepare_s"] = time.perf_counter() - started
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    reference = None
-    if {"llm", "stack"} & set(sections):
-        reference = load_reference(root, MODEL, dtype, device)
+    loaded: list[Any] = []
+
+    def reference() -> Any:
+        # Loaded when first needed, after the diffusion section, so that section's peak memory
+        # is the de-tokenizer's alone.
+        if not loaded:
+            loaded.append(load_reference(root, MODEL, dtype, device))
+        return loaded[0]
+
     with embedded_or(args.redis_url) as (url, label):
         report.meta["redis"] = label
         checks: dict[str, Callable[[], None]] = {
             "diffusion": lambda: check_diffusion(report, root, profile, args, url),
-            "llm": lambda: check_llm(report, reference, profile, args),
-            "stack": lambda: check_stack(report, root, reference, profile, args, url),
+            "llm": lambda: check_llm(report, reference(), profile, args),
+            "stack": lambda: check_stack(report, root, reference(), profile, args, url),
         }
         for name in sections:
             t0 = time.perf_counter()
