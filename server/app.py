@@ -29,16 +29,24 @@ from server.limits import BodyLimitMiddleware
 from server.metrics import MetricsMiddleware
 from server.models.router import router as models_router
 from server.playground import mount_playground, playground_paths
+from server.responses.router import router as responses_router
+from server.responses.store import ResponseStore, store_for
 from server.settings import GatewaySettings
 from server.state import Gateway
 
 API_VERSION = "1"
 
 
-def create_app(settings: GatewaySettings, backend: Backend | None = None) -> FastAPI:
-    """The gateway app; ``backend`` defaults to the Redis transport of ``settings``."""
+def create_app(
+    settings: GatewaySettings,
+    backend: Backend | None = None,
+    responses: ResponseStore | None = None,
+) -> FastAPI:
+    """The gateway app; ``backend`` defaults to the Redis transport of ``settings``, and
+    ``responses`` (stored Responses API objects) to Redis beside it (memory on a fake)."""
     backend = backend or RedisBackend.connect(settings.redis, settings.queue)
     gateway = Gateway.build(settings, backend)
+    responses = responses or store_for(backend, settings.response_store_ttl_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,8 +71,9 @@ def create_app(settings: GatewaySettings, backend: Backend | None = None) -> Fas
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.gateway = gateway
+    app.state.responses = responses
     install_error_handlers(app, settings.admission.retry_after_s)
-    for router in (chat_router, images_router, models_router, health_router):
+    for router in (chat_router, responses_router, images_router, models_router, health_router):
         app.include_router(router)
 
     open_paths = HEALTH_PATHS | ({"/metrics"} if settings.public_metrics else set())
@@ -83,7 +92,7 @@ def create_app(settings: GatewaySettings, backend: Backend | None = None) -> Fas
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )

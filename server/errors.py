@@ -64,6 +64,13 @@ class NotFound(TransportError):
     type = "invalid_request_error"
 
 
+class PreviousResponseNotFound(InvalidRequest):
+    """``previous_response_id`` names no stored response (unknown, expired or not stored):
+    400, as OpenAI answers it, not 404: the request is what is wrong."""
+
+    code = "previous_response_not_found"
+
+
 def error_of_payload(payload: ErrorPayload) -> TransportError:
     """The exception for a worker's ``Failed`` payload (the wire table of ``workers.errors``:
     ``invalid_request`` answers 400 naming the parameter, unknown codes 502)."""

@@ -198,6 +198,12 @@ class GatewaySettings(BaseSettings):
     image_url_ttl_s: float = Field(
         default=3600.0, gt=0, description="How long a response_format=url image is served."
     )
+    response_store_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a stored /v1/responses answer (store: true) can be retrieved "
+        "and continued with previous_response_id; it lives in Redis, images included.",
+    )
     url_signing_key: SecretStr | None = Field(
         default=None,
         description="HMAC key of image content URLs; share it across replicas (default: random).",

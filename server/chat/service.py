@@ -63,7 +63,7 @@ class _Plan:
     require_image: bool = False
 
 
-def _plan(gateway: Gateway, req: ChatCompletionRequest) -> _Plan:
+def _plan(gateway: Gateway, req: ChatCompletionRequest, partial_images: int = 0) -> _Plan:
     """Validate everything that needs no I/O; 400 naming the parameter."""
     req.check_supported()
     bounds = gateway.settings.bounds
@@ -98,6 +98,7 @@ def _plan(gateway: Gateway, req: ChatCompletionRequest) -> _Plan:
         seed=o.seed,
         output_format=o.output_format,
         output_compression=o.output_compression,
+        partial_images=partial_images,
         param_prefix="image_options.",
     )
     conditioned = detokenizer in gateway.settings.models.conditioned
@@ -206,10 +207,14 @@ def _image_factory(
 
 
 async def run_chat(
-    gateway: Gateway, req: ChatCompletionRequest, request_id: str
+    gateway: Gateway, req: ChatCompletionRequest, request_id: str, *, partial_images: int = 0
 ) -> AsyncIterator[Accepted | Output]:
-    """Validate, admit, load images, submit; then yield :class:`Accepted` and the outputs."""
-    plan = _plan(gateway, req)
+    """Validate, admit, load images, submit; then yield :class:`Accepted` and the outputs.
+
+    ``partial_images``: previews per generated image (``Partial`` outputs); chat itself never
+    asks for them, the Responses API's ``image_generation`` tool does (``server.responses``).
+    """
+    plan = _plan(gateway, req, partial_images)
     llm = StageModel("llm", plan.model)
     downstream = [StageModel("diffusion", plan.detokenizer)] if plan.detokenizer else []
     await gateway.directory.require(llm, downstream)
