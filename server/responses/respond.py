@@ -107,7 +107,15 @@ async def stream_events(
         for frame in await _failure(exc, builder, prepared, numbered):
             yield frame
         return
+    finally:
+        await _close(outputs)  # a client gone mid-stream: cancel the jobs now, not at GC
     yield numbered.frame(final)
+
+
+async def _close(outputs: AsyncIterator[Any]) -> None:
+    aclose = getattr(outputs, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 async def _failure(

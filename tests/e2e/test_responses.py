@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import KEY, Stack
 from tests.e2e.test_openai_client import image_data_url
 
 LOOK: Any = {
@@ -85,3 +90,32 @@ def test_responses_image_generation_then_previous_response_id(stack: Stack) -> N
     assert second.previous_response_id == first.id
     assert second.usage is not None
     assert second.usage.input_tokens > 66  # the generated image is in the history
+
+
+def test_responses_from_the_node_client(stack: Stack, tmp_path: Path) -> None:
+    """examples/node/responses.mjs with the official ``openai`` npm package (locked version)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed")
+    from tests.e2e.serve.test_node_example import EXAMPLE, npm_install
+
+    npm_install()
+    result = subprocess.run(
+        ["node", str(EXAMPLE / "responses.mjs")],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "OPENAI_BASE_URL": f"{stack.base_url}/v1",
+            "OPENAI_API_KEY": KEY,
+            "SEEDX_IMAGE_SIZE": "64x64",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "plain: " in result.stdout
+    assert "streamed: " in result.stdout
+    assert "image: 64x64 png" in result.stdout
+    assert "follow-up: true" in result.stdout
+    with Image.open(tmp_path / "responses-cat.png") as image:
+        assert image.size == (64, 64)

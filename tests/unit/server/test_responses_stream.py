@@ -3,6 +3,7 @@ failures, and the official client's parsers (``create(stream=True)`` and ``strea
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +13,10 @@ import openai
 import pytest
 from openai.types.responses import ResponseStreamEvent
 
+from server.app import create_app
+from tests.unit.server.conftest import make_settings
 from tests.unit.server.fakes import FakeBackend
+from tests.unit.server.test_lifecycle import ASGICall
 from workers.protocol import Box, ChatJob, ErrorPayload, Event, Failed, Job, Started, TextDelta
 
 IMAGE_TOOL: Any = {"type": "image_generation", "size": "64x64", "partial_images": 2}
@@ -173,3 +177,23 @@ async def test_streamed_response_is_stored_before_completed(
     job = backend.jobs_of("chat")[1]
     assert isinstance(job, ChatJob)
     assert [m.role for m in job.messages] == ["user", "assistant", "user"]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_client_disconnect_cancels_the_job(backend: FakeBackend, stream: bool) -> None:
+    backend.token_delay_s = 0.05
+    backend.llm_text = tuple(f"t{i} " for i in range(100))
+    app = create_app(make_settings(), backend)
+    async with app.router.lifespan_context(app):
+        call = ASGICall(app, "/v1/responses", {"input": "hi", "stream": stream})
+        task = asyncio.create_task(call.run())
+        await asyncio.sleep(0.2)
+        assert backend.jobs
+        assert backend.cancelled == []
+        call.gone.set()
+        await asyncio.wait_for(task, 2)
+        await asyncio.sleep(0.02)
+    assert backend.cancelled == [backend.jobs[0].job_id]
+    if stream:
+        assert "response.output_text.delta" in call.body_text()
+        assert "response.completed" not in call.body_text()
