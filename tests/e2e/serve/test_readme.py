@@ -88,6 +88,7 @@ def test_quickstart_has_every_endpoint() -> None:
         "/v1/images/variations", "client.models.list", "client.chat.completions.create",
         "client.images.generate", "client.images.edit", "client.images.create_variation",
         '"stream": true', "stream=True", "annotations", "image_options", "partial_images",
+        "/v1/responses", "client.responses.create", "previous_response_id",
     ):  # fmt: skip
         assert needle in code, f"the quickstart should show {needle}"
 
