@@ -162,6 +162,24 @@ class ChatMessage(_Part):
     content: tuple[ContentPart, ...] = Field(min_length=1)
 
 
+class StructuredOutput(_Part):
+    """The answer must be JSON: any object, or one matching ``json_schema`` (vLLM's structured
+    outputs). The schema travels as JSON text: the worker hands it to vLLM unchanged."""
+
+    type: Literal["json_object", "json_schema"]
+    json_schema: str | None = Field(default=None, max_length=65_536)
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> StructuredOutput:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is set exactly when type is json_schema")
+        return self
+
+
+def _unset(value: object) -> bool:
+    return value is None
+
+
 class SamplingParams(_Part):
     """Decoding parameters, validated at the gateway and trusted by the worker.
 
@@ -189,6 +207,19 @@ class SamplingParams(_Part):
     # older worker rejects a job that sets them, so upgrade workers before gateways.
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    # Added compatibly in v1 and left out of the JSON while unset, so a job that does not use
+    # them still reads on an older worker (and the goldens do not move).
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        exclude_if=_unset,
+        description="None: no logprobs; k: each sampled token's logprob and the k likeliest.",
+    )
+    logit_bias: dict[int, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, max_length=1024, exclude_if=_unset, description="Token id -> bias."
+    )
+    structured: StructuredOutput | None = Field(default=None, exclude_if=_unset)
 
 
 class ChatJob(_JobEnvelope):
@@ -290,12 +321,31 @@ class Started(_Part):
     queue_wait_s: float = Field(ge=0)
 
 
+class TopLogprob(_Part):
+    """One of the likeliest tokens at a position (OpenAI's ``top_logprobs`` entry)."""
+
+    token: str
+    logprob: float = Field(description="-9999.0 stands for minus infinity, as OpenAI writes it.")
+    bytes: tuple[Annotated[int, Field(ge=0, le=255)], ...] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    """A sampled token, its logprob and the likeliest alternatives at its position."""
+
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
 class TextDelta(_Part):
-    """Generated text, appended to choice ``choice``."""
+    """Generated text, appended to choice ``choice``.
+
+    ``logprobs`` (only when the job asked for them) covers the sampled tokens that were rendered
+    since the previous delta; it may come with empty ``text`` (text held back for stop strings).
+    """
 
     type: Literal["text.delta"] = "text.delta"
     text: str
     choice: int = Field(default=0, ge=0)
+    logprobs: tuple[TokenLogprob, ...] | None = Field(default=None, exclude_if=_unset)
 
 
 class Box(_Part):

@@ -18,6 +18,10 @@ the next request (one prefill pass). So at every position this processor sees, t
   form of "the sampled EOS becomes ``<img>``" (at temperature 1; it is applied before
   temperature scaling, like every non-argmax-invariant vLLM processor).
 
+**No images** (``no_images``): every image-block token is masked, so the answer stays one vLLM
+request. A grammar-constrained answer (JSON) needs it: the grammar's state lives in one request,
+and a block the driver forced in a second request would begin that grammar again.
+
 ``force_ids`` (bench only, ``seedx bench llm``): forces the request's outputs to be exactly these
 ids, one decode step each; this is the "forced decode" (65 steps per image block) that the
 one-pass resubmission replaces, measured inside the same engine.
@@ -46,7 +50,10 @@ _GREEDY_EPS = 1e-5  # vLLM treats temperature below this as greedy
 
 
 def rules_args(
-    suppress: float = 0.0, force_after: int | None = None, force_ids: list[int] | None = None
+    suppress: float = 0.0,
+    force_after: int | None = None,
+    force_ids: list[int] | None = None,
+    no_images: bool = False,
 ) -> dict[str, Any]:
     """The ``extra_args`` entry that turns the rules on for one request."""
     if not (suppress == 0.0 or suppress == -math.inf):
@@ -56,6 +63,10 @@ def rules_args(
     spec = {"suppress": "-inf" if suppress == -math.inf else 0.0, "force_after": force_after}
     if force_ids:
         spec["force_ids"] = list(force_ids)
+    if no_images:
+        if force_after is not None:
+            raise ValueError("no_images and force_after contradict each other")
+        spec["no_images"] = True
     return {RULES_KEY: spec}
 
 
@@ -66,6 +77,7 @@ class _RowRules:
     greedy: bool
     output_ids: list[int]  # vLLM's live list of the request's generated ids
     force_ids: list[int] | None = None
+    no_images: bool = False
 
 
 def _row_rules(
@@ -76,7 +88,14 @@ def _row_rules(
         return None
     suppress = -math.inf if spec.get("suppress") == "-inf" else 0.0
     greedy = params.temperature < _GREEDY_EPS
-    return _RowRules(suppress, spec.get("force_after"), greedy, output, spec.get("force_ids"))
+    return _RowRules(
+        suppress,
+        spec.get("force_after"),
+        greedy,
+        output,
+        spec.get("force_ids"),
+        bool(spec.get("no_images")),
+    )
 
 
 class SeedXImageTokenRules(LogitsProcessor):
@@ -86,6 +105,7 @@ class SeedXImageTokenRules(LogitsProcessor):
         ids = token_ids_for(str(vllm_config.model_config.model))
         self.boi, self.eos = ids.boi, ids.eos
         self.suppressed = torch.tensor([*ids.queries, ids.eoi], device=device)
+        self.image_tokens = torch.tensor([*ids.image_sequence, ids.bop, ids.eop], device=device)
         self.rows: dict[int, _RowRules] = {}
 
     def is_argmax_invariant(self) -> bool:
@@ -102,6 +122,10 @@ class SeedXImageTokenRules(LogitsProcessor):
             if rows:
                 index = torch.tensor(rows, device=logits.device)
                 logits[index.unsqueeze(1), self.suppressed.unsqueeze(0)] = suppress
+        masked = [i for i, r in self.rows.items() if r.no_images]
+        if masked:
+            index = torch.tensor(masked, device=logits.device)
+            logits[index.unsqueeze(1), self.image_tokens.unsqueeze(0)] = -math.inf
         for i, rule in self.rows.items():
             if rule.force_ids is not None and len(rule.output_ids) < len(rule.force_ids):
                 logits[i].fill_(-math.inf)

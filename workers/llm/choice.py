@@ -14,6 +14,11 @@ reasons follow ``engine.reference.SeedXReference.generate`` exactly:
 * an image is emitted only for a complete block opened by ``<img>``;
 * ``image_required`` opens ``<img>`` (EOS becomes ``<img>``; after ``max_tokens - 66`` tokens it
   is forced) until the first image, as ``force_image_after`` does.
+
+A grammar-constrained (JSON) answer masks every image token (``rules_args(no_images=True)``), so
+it is one vLLM request and the grammar sees the whole answer. Logprobs are those of the sampled
+tokens that render as text (image blocks and EOS are not content); each text delta carries the
+entries of the tokens rendered since the previous one.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from engine.arch import IMAGE_BLOCK_TOKENS
 from engine.vllm_plugin.capture import capture_args
@@ -38,8 +43,13 @@ from workers.llm.types import (
     FinishReason,
     ImageEmbedding,
     LLMRequest,
+    SamplingOptions,
     TextDelta,
+    TokenLogprob,
 )
+
+Step = tuple[list[int], str | None, list[TokenLogprob] | None]
+"""One output of a vLLM request: new token ids, finish reason or None, their logprobs."""
 
 
 class SegmentRunner(Protocol):
@@ -47,8 +57,8 @@ class SegmentRunner(Protocol):
 
     def stream(
         self, request_id: str, ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[tuple[list[int], str | None]]:
-        """Yields (new token ids, finish reason or None) of one vLLM request."""
+    ) -> AsyncIterator[Step]:
+        """Yields the steps of one vLLM request (logprobs None unless ``params`` asks)."""
         ...
 
     async def take_image(self, key: str, ids: list[int]) -> tuple[Any, Any]:
@@ -60,6 +70,14 @@ class SegmentRunner(Protocol):
 class ChoiceSettings:
     suppress: float
     image_hash: str  # content hash of the request's images (part of every capture key)
+
+
+def _structured(sampling: SamplingOptions) -> StructuredOutputsParams | None:
+    if sampling.json_schema is not None:
+        return StructuredOutputsParams(json=sampling.json_schema)
+    if sampling.json_object:
+        return StructuredOutputsParams(json_object=True)
+    return None
 
 
 def _segment_seed(seed: int | None, choice: int, segment: int) -> int | None:
@@ -88,6 +106,9 @@ class ChoiceRun:
         self.output: list[int] = []
         self.images = 0
         self.segment = 0
+        self.logprobs: list[TokenLogprob] | None = (
+            None if request.sampling.logprobs is None else []
+        )  # entries of rendered tokens not yet sent with a delta
         budget = request.sampling.max_tokens
         self.force_after = max(0, budget - IMAGE_BLOCK_TOKENS) if request.image_required else None
 
@@ -100,18 +121,17 @@ class ChoiceRun:
         opened: int | None = None
         if last in self.tok.block_openers:
             opened = self.tok.block_openers.index(last)
-        while True:
+        reason: FinishReason | None = None
+        while reason is None:
             capture: tuple[str, int] | None = None
             if opened is not None:
                 capture, reason = self._force_block(opened)
                 opened = None
                 if reason is not None:
-                    yield self._finish(reason)
-                    return
+                    break
             elif self.budget_left <= 0:
-                yield self._finish("length")
-                return
-            reason = None
+                reason = "length"
+                break
             async for event in self._segment(capture):
                 if isinstance(event, ChoiceFinished):
                     reason = event.reason
@@ -119,12 +139,12 @@ class ChoiceRun:
                 yield event
             if reason is None:  # stopped on a block opener: force the block next
                 opened = self.tok.block_openers.index(self.output[-1])
-                continue
-            tail = self.text.finish()
-            if tail:
-                yield TextDelta(self.choice, tail)
-            yield self._finish(reason)
-            return
+        # Text held back (for stop strings, or an unfinished character) ends the answer, on
+        # every path: a budget that runs out inside an image block ends it too.
+        tail = self.text.finish()
+        if tail or self.logprobs:
+            yield self._delta(tail)
+        yield self._finish(reason)
 
     def _force_block(self, start: int) -> tuple[tuple[str, int] | None, FinishReason | None]:
         """Appends the forced tokens after ``image_sequence[start]``; returns the capture (key,
@@ -149,7 +169,7 @@ class ChoiceRun:
         force = None
         if self.force_after is not None and not self.images:
             force = max(0, self.force_after - len(self.output))
-        extra.update(rules_args(self.settings.suppress, force))
+        extra.update(rules_args(self.settings.suppress, force, no_images=sampling.structured))
         if capture is not None:
             extra.update(capture_args(*capture))
         return SamplingParams(
@@ -159,6 +179,9 @@ class ChoiceRun:
             seed=_segment_seed(sampling.seed, self.choice, self.segment),
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
+            logprobs=sampling.logprobs,
+            logit_bias=dict(sampling.logit_bias) or None,
+            structured_outputs=_structured(sampling),
             max_tokens=max(1, self.budget_left),
             stop_token_ids=[self.tok.eos, *self.tok.block_openers],
             ignore_eos=True,  # EOS is in stop_token_ids (the engine runs without a tokenizer)
@@ -174,7 +197,8 @@ class ChoiceRun:
         self.segment += 1
         exhausted = self.budget_left <= 0  # the block took the last tokens: rows only
         pending = capture
-        async for new_ids, finish in self.runner.stream(request_id, list(self.context), params):
+        steps = self.runner.stream(request_id, list(self.context), params)
+        async for new_ids, finish, logprobs in steps:
             if pending is not None:
                 yield await self._image(*pending)
                 pending = None
@@ -184,7 +208,7 @@ class ChoiceRun:
             if self.is_cancelled():
                 yield self._finish("abort")
                 return
-            for event in self._consume(new_ids):
+            for event in self._consume(new_ids, logprobs):
                 yield event
             if self.text.stopped:
                 yield self._finish("stop")
@@ -197,13 +221,17 @@ class ChoiceRun:
                 return
         yield self._finish("abort")
 
-    def _consume(self, new_ids: list[int]) -> list[Event]:
+    def _consume(self, new_ids: list[int], logprobs: list[TokenLogprob] | None) -> list[Event]:
         self.output += new_ids
         self.context += new_ids
+        fed = len(self.text.ids)
         text, boxes = self.text.feed(new_ids)
+        if self.logprobs is not None and logprobs is not None:
+            fed = len(self.text.ids) - fed  # a stop string ends the answer inside the batch
+            self.logprobs += [e for e in logprobs[:fed] if self.text.shows(e.token_id)]
         events: list[Event] = []
         if text:
-            events.append(TextDelta(self.choice, text))
+            events.append(self._delta(text))
         if boxes:
             events.append(BoxesFound(self.choice, tuple(boxes)))
         return events
@@ -213,6 +241,13 @@ class ChoiceRun:
         position = first_query - 1 - len(self.request.prompt_ids)
         self.images += 1
         return ImageEmbedding(self.choice, self.images - 1, embedding, rows, max(-1, position))
+
+    def _delta(self, text: str) -> TextDelta:
+        """A text delta, with the logprobs of the tokens rendered since the last one."""
+        entries = None
+        if self.logprobs is not None:
+            entries, self.logprobs = tuple(self.logprobs), []
+        return TextDelta(self.choice, text, entries)
 
     def _finish(self, reason: FinishReason) -> ChoiceFinished:
         return ChoiceFinished(self.choice, reason, tuple(self.output), self.text.text)

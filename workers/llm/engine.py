@@ -7,8 +7,10 @@ How image blocks are computed and captured: ``workers.llm.choice`` and
 ``engine.vllm_plugin.capture``.
 
 Engine settings that matter for SEED-X: prompts are token ids and text is rendered with our
-4.30.2-semantics tokenizer, so vLLM runs with ``skip_tokenizer_init=True`` (EOS is then a
-``stop_token_id``); the §5.5 rules are the ``logits_processors`` entry; the row capture is the
+4.30.2-semantics tokenizer (requests never detokenize in vLLM; EOS is a ``stop_token_id``).
+vLLM still loads the folder's tokenizer when ``structured_outputs`` is on, because its grammar
+backend (llguidance) needs the vocabulary's strings to mask tokens; the ids are the same. The
+§5.5 rules are the ``logits_processors`` entry; the row capture is the
 ``worker_extension_cls``; prefix caching stays on (it is what makes the block resubmission cheap).
 """
 
@@ -33,7 +35,7 @@ from engine.tokenizer import SeedXTokenizer
 from engine.vllm_plugin.capture import capture_args, unpack_tensor
 from engine.vllm_plugin.ids import SeedXTokenIds
 from engine.vllm_plugin.processor import image_rules
-from workers.llm.choice import ChoiceRun, ChoiceSettings
+from workers.llm.choice import ChoiceRun, ChoiceSettings, Step
 from workers.llm.prompting import BadRequest
 from workers.llm.text import AnswerText
 from workers.llm.types import (
@@ -42,6 +44,7 @@ from workers.llm.types import (
     ImageData,
     ImageEmbedding,
     LLMRequest,
+    TokenLogprob,
     TokenObserver,
     Usage,
 )
@@ -64,13 +67,20 @@ class EngineConfig:
     enable_mm_embeds: bool = False
     capture_entries: int = 256
     strict_suppression: bool = False  # -inf instead of the reference's 0.0 (§8.5)
+    structured_outputs: bool = True  # JSON answers (response_format); loads vLLM's tokenizer
     extra: dict[str, Any] = field(default_factory=dict)  # more AsyncEngineArgs fields
 
     def engine_args(self) -> Any:
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
 
         from engine.vllm_plugin.rules import SeedXImageTokenRules
 
+        # llguidance, not xgrammar: xgrammar's JSON strings admit raw control characters (a tab
+        # token passed, which json.loads rejects) and SEED-X's added tokens (<loc-7> inside a
+        # string). Compact JSON: a grammar with whitespace anywhere lets a model spend its whole
+        # budget on blank runs (seen at once on the random tiny model); clients lose nothing.
+        structured = StructuredOutputsConfig(backend="guidance", disable_any_whitespace=True)
         return AsyncEngineArgs(
             model=str(self.model),
             dtype=self.dtype,  # type: ignore[arg-type]  # checked by vLLM at start
@@ -79,12 +89,13 @@ class EngineConfig:
             kv_cache_memory_bytes=self.kv_cache_bytes,
             enforce_eager=self.enforce_eager,
             max_num_seqs=self.max_num_seqs,
-            skip_tokenizer_init=True,
+            skip_tokenizer_init=not self.structured_outputs,
             enable_prefix_caching=True,
             enable_mm_embeds=self.enable_mm_embeds,
             limit_mm_per_prompt={"image": self.max_images_per_prompt},
             logits_processors=[SeedXImageTokenRules],
             worker_extension_cls="engine.vllm_plugin.capture.SeedXWorkerExtension",
+            structured_outputs_config=structured,
             **self.extra,
         )
 
@@ -121,6 +132,19 @@ def _clean(image: ImageData) -> ImageData:
     if isinstance(image, Image.Image):
         return clean_rgb(image)
     return image
+
+
+def _logprobs(completion: Any, top: int | None) -> list[TokenLogprob] | None:
+    """vLLM's logprobs of one output delta as plain entries (``top`` likeliest, best first)."""
+    if top is None or completion.logprobs is None:
+        return None
+    entries = []
+    for token_id, candidates in zip(completion.token_ids, completion.logprobs, strict=True):
+        ranked = sorted(candidates.items(), key=lambda item: item[1].rank)
+        chosen = candidates[token_id].logprob
+        best = tuple((int(i), float(c.logprob)) for i, c in ranked[:top])
+        entries.append(TokenLogprob(int(token_id), float(chosen), best))
+    return entries
 
 
 class SeedXLLMEngine:
@@ -256,6 +280,20 @@ class SeedXLLMEngine:
                 f"prompt is {length} tokens; this model serves at most {self.max_model_len - 1}",
                 "messages",
             )
+        sampling = request.sampling
+        if sampling.structured and not self.config.structured_outputs:
+            raise BadRequest(
+                "structured outputs are off on this worker (SEEDX_LLM_STRUCTURED_OUTPUTS)",
+                "response_format",
+            )
+        if sampling.structured and request.image_required:
+            raise BadRequest("a JSON answer cannot hold an image", "response_format")
+        vocab = self.tokenizer.vocab_size
+        for token_id, _ in sampling.logit_bias:
+            if not 0 <= token_id < vocab:
+                raise BadRequest(
+                    f"logit_bias: token {token_id} is not in [0, {vocab})", "logit_bias"
+                )
         if request.image_required and request.sampling.max_tokens < 66:
             raise BadRequest("max_tokens must be >= 66 when an image is required", "max_tokens")
 
@@ -282,9 +320,7 @@ class _VllmSegments:
             prompt["multi_modal_uuids"] = {"image": list(self.digests)}
         return prompt
 
-    async def stream(
-        self, request_id: str, ids: list[int], params: Any
-    ) -> AsyncIterator[tuple[list[int], str | None]]:
+    async def stream(self, request_id: str, ids: list[int], params: Any) -> AsyncIterator[Step]:
         live = self.engine._active.setdefault(self.request_id, set())
         if self.request_id in self.engine._cancelled:
             return
@@ -296,7 +332,11 @@ class _VllmSegments:
                 finished = out.finished
                 if self.observer is not None:
                     self.observer.on_tokens(request_id, len(completion.token_ids))
-                yield list(completion.token_ids), completion.finish_reason if finished else None
+                yield (
+                    list(completion.token_ids),
+                    completion.finish_reason if finished else None,
+                    _logprobs(completion, params.logprobs),
+                )
         finally:
             live.discard(request_id)
             if not finished:

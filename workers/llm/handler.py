@@ -31,6 +31,7 @@ from workers.errors import BlobCorrupt, BlobMissing, InvalidMessage, InvalidRequ
 from workers.llm import types as llm
 from workers.llm.metrics import LLMMetrics
 from workers.llm.prompting import BadRequest, decode_image, prepare_prompt
+from workers.llm.text import TokenStrings, finite_logprob
 from workers.worker import JobContext
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def sampling_options(params: wire.SamplingParams) -> llm.SamplingOptions:
         temperature = params.temperature
     else:
         temperature = SAMPLED_CHOICES if params.n > 1 else GREEDY
+    structured = params.structured
     return llm.SamplingOptions(
         temperature,
         params.top_p,
@@ -57,11 +59,31 @@ def sampling_options(params: wire.SamplingParams) -> llm.SamplingOptions:
         params.n,
         params.presence_penalty,
         params.frequency_penalty,
+        params.logprobs,
+        tuple(sorted((params.logit_bias or {}).items())),
+        json_object=structured is not None and structured.type == "json_object",
+        json_schema=structured.json_schema if structured is not None else None,
     )
 
 
 def _failed(error: InvalidRequest | InvalidMessage) -> wire.Failed:
     return wire.Failed(error=wire.ErrorPayload.from_error(error))
+
+
+def _wire_logprobs(
+    entries: tuple[llm.TokenLogprob, ...], strings: TokenStrings
+) -> tuple[wire.TokenLogprob, ...]:
+    def top(token_id: int, logprob: float) -> wire.TopLogprob:
+        token, raw = strings(token_id)
+        return wire.TopLogprob(token=token, logprob=finite_logprob(logprob), bytes=raw)
+
+    return tuple(
+        wire.TokenLogprob(
+            **top(e.token_id, e.logprob).model_dump(),
+            top_logprobs=tuple(top(i, lp) for i, lp in e.top),
+        )
+        for e in entries
+    )
 
 
 def _box(box: Any) -> wire.Box:
@@ -75,6 +97,13 @@ class LLMJobHandler:
     def __init__(self, engine: Any, metrics: LLMMetrics | None = None) -> None:
         self.engine = engine
         self.metrics = metrics if metrics is not None else LLMMetrics(engine.model_name)
+        self._token_strings: TokenStrings | None = None
+
+    @property
+    def token_strings(self) -> TokenStrings:
+        if self._token_strings is None:
+            self._token_strings = TokenStrings(self.engine.tokenizer)
+        return self._token_strings
 
     async def _request(self, job: wire.ChatJob, ctx: JobContext) -> llm.LLMRequest:
         images = []
@@ -91,6 +120,8 @@ class LLMJobHandler:
         )
         if prompt.image_required and not job.allow_image_output:
             raise BadRequest(f"task {job.task!r} needs allow_image_output", "allow_image_output")
+        if job.sampling.structured is not None and job.allow_image_output:
+            raise BadRequest("a JSON answer cannot hold images", "response_format")
         sampling = sampling_options(job.sampling)
         sampling.validate()
         return llm.LLMRequest(
@@ -160,7 +191,10 @@ class LLMJobHandler:
     async def _map(self, job: wire.ChatJob, event: llm.Event, ctx: JobContext) -> wire.Event | None:
         """The wire event of one engine event (None: nothing to send)."""
         if isinstance(event, llm.TextDelta):
-            return wire.TextDelta(text=event.text, choice=event.choice)
+            logprobs = None
+            if event.logprobs is not None:
+                logprobs = _wire_logprobs(event.logprobs, self.token_strings)
+            return wire.TextDelta(text=event.text, choice=event.choice, logprobs=logprobs)
         if isinstance(event, llm.BoxesFound):
             return wire.Boxes(boxes=tuple(_box(b) for b in event.boxes), choice=event.choice)
         if isinstance(event, llm.ImageEmbedding):

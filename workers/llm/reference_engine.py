@@ -33,10 +33,30 @@ from workers.llm.types import (
     Event,
     ImageEmbedding,
     LLMRequest,
+    SamplingOptions,
     TextDelta,
     TokenObserver,
     Usage,
 )
+
+
+def _refuse_unsupported(sampling: SamplingOptions) -> None:
+    """What the PyTorch reference does not implement: refused, never ignored."""
+    refused = {
+        "n": (sampling.n != 1, "serves n = 1"),
+        "presence_penalty": (bool(sampling.presence_penalty), "does not apply presence_penalty"),
+        "frequency_penalty": (
+            bool(sampling.frequency_penalty),
+            "does not apply frequency_penalty",
+        ),
+        "stop": (bool(sampling.stop), "does not take stop strings"),
+        "logprobs": (sampling.logprobs is not None, "does not return logprobs"),
+        "logit_bias": (bool(sampling.logit_bias), "does not apply logit_bias"),
+        "response_format": (sampling.structured, "has no grammar backend (JSON answers)"),
+    }
+    for param, (asked, why) in refused.items():
+        if asked:
+            raise BadRequest(f"the reference engine {why}", param)
 
 
 class ReferenceLLMEngine:
@@ -76,13 +96,7 @@ class ReferenceLLMEngine:
             raise BadRequest(
                 "the reference engine decodes greedily: temperature must be 0", "temperature"
             )
-        if sampling.n != 1:
-            raise BadRequest("the reference engine serves n = 1", "n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(sampling, name):
-                raise BadRequest(f"the reference engine does not apply {name}", name)
-        if sampling.stop:
-            raise BadRequest("the reference engine does not take stop strings", "stop")
+        _refuse_unsupported(sampling)
         if request.images:
             raise BadRequest(
                 "the reference engine serves text prompts only (no input images)", "messages"

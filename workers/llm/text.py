@@ -15,6 +15,7 @@ stop strings are set, the last ``max(len(stop)) - 1`` characters that could stil
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from engine.boxes import Box, parse_boxes_from_ids
@@ -68,6 +69,10 @@ class AnswerText:
                 break
         return self._take(final=self.stopped), boxes
 
+    def shows(self, token_id: int) -> bool:
+        """Whether ``token_id`` is rendered (text or box markup; not image blocks or EOS)."""
+        return token_id not in self._hidden
+
     def finish(self) -> str:
         """The held-back remainder at the end of the answer."""
         return self._take(final=True)
@@ -115,3 +120,41 @@ class AnswerText:
         new = found[self._boxes_seen :]
         self._boxes_seen = len(found)
         return new
+
+
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+NEG_INF_LOGPROB = -9999.0
+"""What OpenAI writes for a logprob of minus infinity (JSON has no infinities)."""
+
+
+class TokenStrings:
+    """OpenAI's ``token`` and ``bytes`` of a token id, for logprobs (cached per id).
+
+    A SentencePiece piece is its text with ``▁`` as a space; a byte-fallback piece ``<0xE2>`` is
+    one byte of a longer character, written ``bytes:\\xe2`` as OpenAI writes partial characters;
+    added tokens (box markup, ``</s>``) are their own string.
+    """
+
+    def __init__(self, tokenizer: SeedXTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[int, tuple[str, tuple[int, ...]]] = {}
+
+    def __call__(self, token_id: int) -> tuple[str, tuple[int, ...]]:
+        found = self._cache.get(token_id)
+        if found is None:
+            piece = self.tokenizer.id_to_token(token_id)
+            byte = _BYTE_PIECE.match(piece)
+            if byte and token_id not in self.tokenizer.added_ids:
+                value = int(byte.group(1), 16)
+                found = (f"bytes:\\x{value:02x}", (value,))
+            else:
+                text = piece.replace(_SPACE_PIECE, " ")
+                found = (text, tuple(text.encode()))
+            if len(self._cache) < 65_536:
+                self._cache[token_id] = found
+        return found
+
+
+def finite_logprob(value: float) -> float:
+    """``value``, with minus infinity (a masked token) as OpenAI's -9999.0."""
+    return value if value > NEG_INF_LOGPROB else NEG_INF_LOGPROB

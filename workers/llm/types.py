@@ -37,6 +37,15 @@ class SamplingOptions:
     n: int = 1
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logprobs: int | None = None  # None: off; k: the sampled token's logprob and the k likeliest
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added to the logits
+    json_object: bool = False  # the answer is a JSON object (vLLM structured outputs)
+    json_schema: str | None = None  # ... matching this JSON schema (JSON text)
+
+    @property
+    def structured(self) -> bool:
+        """Whether a grammar constrains the answer (no image blocks can open then)."""
+        return self.json_object or self.json_schema is not None
 
     def validate(self) -> None:
         """Raises ``ValueError`` naming the first bad field."""
@@ -53,6 +62,10 @@ class SamplingOptions:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ValueError(f"top_logprobs must be in [0, 20], got {self.logprobs}")
+        if any(not -100.0 <= bias <= 100.0 for _, bias in self.logit_bias):
+            raise ValueError("logit_bias values must be in [-100, 100]")
 
 
 @dataclass(frozen=True)
@@ -71,9 +84,19 @@ class LLMRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's logprob and the likeliest ids at its position, best first."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     choice: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] | None = None  # set when the request asked for logprobs
 
 
 @dataclass(frozen=True)

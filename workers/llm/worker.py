@@ -57,6 +57,13 @@ class LLMWorkerSettings(BaseSettings):
         ),
     )
     enforce_eager: bool = Field(default=False, description="Disable CUDA graphs / compile.")
+    structured_outputs: bool = Field(
+        default=True,
+        description=(
+            "JSON answers (response_format json_object / json_schema) through vLLM's grammar "
+            "backend, which loads the folder's tokenizer in vLLM; off: such requests get a 400."
+        ),
+    )
     strict_suppression: bool = Field(
         default=False, description="-inf instead of the reference's 0.0 for image tokens (§8.5)."
     )
@@ -116,6 +123,7 @@ async def _serve(settings: LLMWorkerSettings, liveness: LateLiveness) -> None:
         kv_cache_bytes=settings.kv_cache_bytes,
         max_num_seqs=max(settings.capacity, 8),
         strict_suppression=settings.strict_suppression,
+        structured_outputs=settings.structured_outputs,
         capture_entries=settings.query_row_cache,
     )
     engine = await SeedXLLMEngine.start(config, [SchedulerStatsLogger.factory(model)])

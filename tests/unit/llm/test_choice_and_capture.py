@@ -14,7 +14,14 @@ from engine.vllm_plugin.capture import QueryRowStore, pack_tensor, unpack_tensor
 from engine.vllm_plugin.ids import SeedXTokenIds
 from workers.llm.choice import ChoiceRun, ChoiceSettings
 from workers.llm.text import AnswerText
-from workers.llm.types import ChoiceFinished, ImageEmbedding, LLMRequest, SamplingOptions
+from workers.llm.types import (
+    ChoiceFinished,
+    ImageEmbedding,
+    LLMRequest,
+    SamplingOptions,
+    TextDelta,
+    TokenLogprob,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +48,30 @@ class ScriptedRunner:
             reason = None
             if last:
                 reason = "stop" if token in params.stop_token_ids else "length"
-            yield [token], reason
+            logprobs = None
+            if params.logprobs is not None:  # the sampled token, then one runner-up
+                logprobs = [TokenLogprob(token, -0.5, ((token, -0.5), (token + 1, -1.0)))]
+            yield [token], reason, logprobs
 
     async def take_image(self, key: str, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys.append(key)
         return torch.zeros(64, 8), torch.full((64, 4), float(len(self.keys)))
 
 
-async def _run(tokenizer: SeedXTokenizer, script: list[list[int]], max_tokens: int) -> Any:
+async def _run(
+    tokenizer: SeedXTokenizer,
+    script: list[list[int]],
+    max_tokens: int,
+    logprobs: int | None = None,
+    stop: tuple[str, ...] = (),
+) -> Any:
     ids = SeedXTokenIds.from_tokenizer(tokenizer)
     text = tokenizer.encode_user_text("hello")
-    request = LLMRequest("r", (ids.bos, *text), sampling=SamplingOptions(max_tokens=max_tokens))
+    sampling = SamplingOptions(max_tokens=max_tokens, logprobs=logprobs, stop=stop)
+    request = LLMRequest("r", (ids.bos, *text), sampling=sampling)
     runner = ScriptedRunner(script)
-    run = ChoiceRun(
-        request, 0, ids, AnswerText(tokenizer), runner, ChoiceSettings(0.0, ""), lambda: False
-    )
+    answer = AnswerText(tokenizer, stop)
+    run = ChoiceRun(request, 0, ids, answer, runner, ChoiceSettings(0.0, ""), lambda: False)
     return [e async for e in run.events()], runner, ids
 
 
@@ -73,6 +89,69 @@ async def test_two_images_in_one_answer(tokenizer: SeedXTokenizer) -> None:
     # the second segment's prompt ends with the forced block (one prefill pass)
     assert runner.prompts[1][-65:] == list(ids.image_sequence[1:])
     assert finished.output_ids.count(ids.eoi) == 2
+
+
+async def test_logprobs_cover_the_rendered_sampled_tokens_in_order(
+    tokenizer: SeedXTokenizer,
+) -> None:
+    """Each sampled token that renders gets one entry, sent with the text it produced; the
+    sampled <img>, the forced block and EOS are not content and get none."""
+    ids = SeedXTokenIds.from_tokenizer(tokenizer)
+    word, more = tokenizer.encode_user_text("cat"), tokenizer.encode_user_text("sat down")
+    script = [[*word, ids.boi], [*more, ids.eos]]
+    events, _, _ = await _run(tokenizer, script, 300, logprobs=1)
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    entries = [entry for d in deltas for entry in d.logprobs or ()]
+    assert [e.token_id for e in entries] == [*word, *more]
+    assert all(d.logprobs for d in deltas if d.text)
+    assert entries[0].top == ((word[0], -0.5), (word[0] + 1, -1.0))  # as the runner gave them
+
+
+def test_vllm_logprobs_become_entries_best_first() -> None:
+    """vLLM returns the top k and the sampled token (rank may exceed k); entries keep the sampled
+    token's logprob and exactly the k likeliest, by rank."""
+    from types import SimpleNamespace
+
+    from workers.llm.engine import _logprobs
+
+    def lp(value: float, rank: int) -> Any:
+        return SimpleNamespace(logprob=value, rank=rank)
+
+    out = SimpleNamespace(
+        token_ids=[7, 9],
+        logprobs=[
+            {3: lp(-0.1, 1), 5: lp(-2.0, 2), 7: lp(-4.0, 6)},  # 7 sampled, not in the top 2
+            {9: lp(-0.2, 1), 4: lp(-1.9, 2)},
+        ],
+    )
+    entries = _logprobs(out, 2)
+    assert entries == [
+        TokenLogprob(7, -4.0, ((3, -0.1), (5, -2.0))),
+        TokenLogprob(9, -0.2, ((9, -0.2), (4, -1.9))),
+    ]
+    assert _logprobs(out, None) is None
+    assert _logprobs(out, 0)[0].top == ()
+
+
+async def test_logprobs_stop_with_the_stop_string(tokenizer: SeedXTokenizer) -> None:
+    ids = SeedXTokenIds.from_tokenizer(tokenizer)
+    words = [tokenizer.encode_user_text(w) for w in ("one", "two", "three", "four")]
+    script = [[*words[0], *words[1], *words[2], *words[3], ids.eos]]
+    events, _, _ = await _run(tokenizer, script, 300, logprobs=0, stop=(" three",))
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    assert "".join(d.text for d in deltas) == "one two"
+    entries = [entry.token_id for d in deltas for entry in d.logprobs or ()]
+    assert entries == [*words[0], *words[1], *words[2]]  # up to the token that completed it
+
+
+async def test_held_text_is_sent_when_the_budget_ends_in_an_image_block(
+    tokenizer: SeedXTokenizer,
+) -> None:
+    ids = SeedXTokenIds.from_tokenizer(tokenizer)
+    word = tokenizer.encode_user_text("cat")
+    events, _, _ = await _run(tokenizer, [[*word, ids.boi]], len(word) + 10, stop=("zebra",))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "cat"
+    assert events[-1].reason == "length"
 
 
 async def test_block_cut_by_budget_gives_no_image(tokenizer: SeedXTokenizer) -> None:

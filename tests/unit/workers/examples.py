@@ -27,8 +27,11 @@ from workers.protocol import (
     Reply,
     SamplingParams,
     Started,
+    StructuredOutput,
     TextDelta,
     TextPart,
+    TokenLogprob,
+    TopLogprob,
     Usage,
     WorkerInfo,
 )
@@ -111,6 +114,21 @@ CHAT_JOB_DEFAULTS = ChatJob(
 """Every optional field left to its default, so the golden pins what "unset" means on the wire:
 ``sampling.temperature`` is null, the model's default (SEED-X: greedy, §5.5), not OpenAI's 1.0.
 It was 1.0 before issue 4; no v1 peer had shipped, so the default moved inside v1 (STYLE §2)."""
+CHAT_JOB_JSON = ChatJob(
+    **ENVELOPE,
+    model="seed-x-i",
+    messages=(ChatMessage(role="user", content=(TextPart(text="Boxes as JSON"),)),),
+    sampling=SamplingParams(
+        max_tokens=128,
+        logprobs=2,
+        logit_bias={13: -100.0, 29871: 5.5},
+        structured=StructuredOutput(
+            type="json_schema", json_schema='{"type":"object","required":["x1"]}'
+        ),
+    ),
+)
+"""The fields added for logprobs, logit_bias and JSON answers (issue 16): absent from the JSON
+of a job that leaves them unset (``chat_job_defaults``), so older v1 workers still read those."""
 IMAGE_GENERATE_JOB = ImageGenerateJob(
     **ENVELOPE, **DIFFUSION, model="seed-x-detok", kind="image.generate", embedding=EMBEDDING
 )
@@ -130,6 +148,22 @@ IMAGE_RECONSTRUCT_JOB = ImageReconstructJob(
 EVENTS = {
     "started": Started(type="started", worker_id="llm-host-1-abc", queue_wait_s=0.125),
     "text_delta": TextDelta(type="text.delta", text="The cat is ", choice=1),
+    "text_delta_logprobs": TextDelta(
+        type="text.delta",
+        text=" cat",
+        choice=0,
+        logprobs=(
+            TokenLogprob(
+                token=" cat",
+                logprob=-0.25,
+                bytes=(32, 99, 97, 116),
+                top_logprobs=(
+                    TopLogprob(token=" cat", logprob=-0.25, bytes=(32, 99, 97, 116)),
+                    TopLogprob(token="bytes:\\xe2", logprob=-9999.0, bytes=(226,)),
+                ),
+            ),
+        ),
+    ),
     "boxes": Boxes(
         type="boxes",
         boxes=(Box(x1=10, y1=20.5, x2=110, y2=220, image_index=0, label="cat"),),
@@ -188,6 +222,7 @@ WORKER_INFO = WorkerInfo(
 JOBS: dict[str, BaseModel] = {
     "chat_job": CHAT_JOB,
     "chat_job_defaults": CHAT_JOB_DEFAULTS,
+    "chat_job_json": CHAT_JOB_JSON,
     "image_generate_job": IMAGE_GENERATE_JOB,
     "image_edit_job": IMAGE_EDIT_JOB,
     "image_reconstruct_job": IMAGE_RECONSTRUCT_JOB,
