@@ -36,6 +36,7 @@ from workers.protocol import (
     PartialImage,
     Reply,
     TextDelta,
+    TokenLogprob,
     Usage,
 )
 
@@ -48,6 +49,7 @@ ImageJobFactory = Callable[[EmbeddingReady], list[tuple[int, DiffusionJob]]]
 class Text:
     choice: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when the request asked for them
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ async def start_pipeline(
         async for reply in events:
             event = reply.event
             if isinstance(event, TextDelta):
-                merge.queue.put_nowait(Text(event.choice, event.text))
+                merge.queue.put_nowait(Text(event.choice, event.text, event.logprobs))
             elif isinstance(event, Boxes):
                 merge.queue.put_nowait(BoxesFound(event.choice, event.boxes))
             elif isinstance(event, EmbeddingReady) and image_job is not None:

@@ -9,6 +9,10 @@ SEED-X additions, chosen so that unmodified OpenAI clients keep working:
   chunk with ``delta.images = [{"index": k, "type": "image_url", "image_url": {"url": ...}}]``
   (``index`` lets the openai client's stream helpers accumulate the list; requests accept the
   accumulated ``images`` list on an assistant message, too).
+* **Logprobs** are OpenAI's ``{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}``,
+  one entry per sampled token that renders (image blocks and EOS are not content), raw as vLLM
+  returns them (before temperature, logit_bias, the JSON grammar and SEED-X's image-token rules);
+  in a stream each chunk carries the entries of the tokens its text came from.
 * **Boxes** are ``message.annotations`` (``delta.annotations`` in a stream, with ``index``):
   ``{"type": "bounding_box", "bounding_box": {"x1", "y1", "x2", "y2", "image_index", "label"}}``,
   pixel coordinates in the original size of input image ``image_index`` (0-based, counting the
@@ -22,7 +26,7 @@ from typing import Any
 
 from server.orchestrate import Finished
 from server.sse import data_frame
-from workers.protocol import Box
+from workers.protocol import Box, TokenLogprob
 
 
 def annotation(box: Box) -> dict[str, Any]:
@@ -60,6 +64,11 @@ def finish_reason(totals: Finished, choice: int) -> str:
     return reasons[choice] if choice < len(reasons) else "stop"
 
 
+def logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's ``logprobs`` object of a choice (or of one chunk's tokens)."""
+    return {"content": [entry.model_dump() for entry in entries], "refusal": None}
+
+
 @dataclass
 class ChoiceState:
     """What one choice has produced so far."""
@@ -67,6 +76,7 @@ class ChoiceState:
     text: list[str] = field(default_factory=list)
     annotations: list[dict[str, Any]] = field(default_factory=list)
     images: dict[int, str] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] | None = None  # set when the request asked for logprobs
 
 
 def completion(
@@ -93,7 +103,7 @@ def completion(
                     "refusal": None,
                     "annotations": state.annotations,
                 },
-                "logprobs": None,
+                "logprobs": None if state.logprobs is None else logprobs(state.logprobs),
                 "finish_reason": finish_reason(totals, index),
             }
         )
@@ -131,9 +141,16 @@ class ChunkWriter:
             chunk["usage"] = usage_
         return data_frame(chunk)
 
-    def _delta(self, choice: int, delta: dict[str, Any], reason: str | None = None) -> bytes:
+    def _delta(
+        self,
+        choice: int,
+        delta: dict[str, Any],
+        reason: str | None = None,
+        entries: tuple[TokenLogprob, ...] | None = None,
+    ) -> bytes:
+        rendered = None if entries is None else logprobs(entries)
         return self._frame(
-            [{"index": choice, "delta": delta, "logprobs": None, "finish_reason": reason}]
+            [{"index": choice, "delta": delta, "logprobs": rendered, "finish_reason": reason}]
         )
 
     def _next(self, kind: str, choice: int) -> int:
@@ -145,8 +162,10 @@ class ChunkWriter:
         """The first chunk of a choice."""
         return self._delta(choice, {"role": "assistant", "content": ""})
 
-    def text(self, choice: int, text: str) -> bytes:
-        return self._delta(choice, {"content": text})
+    def text(
+        self, choice: int, text: str, entries: tuple[TokenLogprob, ...] | None = None
+    ) -> bytes:
+        return self._delta(choice, {"content": text}, entries=entries)
 
     def boxes(self, choice: int, boxes: tuple[Box, ...]) -> bytes:
         entries = [{"index": self._next("box", choice), **annotation(box)} for box in boxes]

@@ -40,6 +40,7 @@ class AnswerContext:
     response_format: ResponseFormat
     publisher: ImagePublisher
     base_url: str
+    logprobs: bool = False
 
     async def url(self, image: Image) -> str:
         """The URL the client gets for ``image``."""
@@ -63,13 +64,16 @@ async def collect_completion(
     outputs: AsyncIterator[Accepted | Output], ctx: AnswerContext
 ) -> dict[str, Any]:
     """Consume every output and build the ``chat.completion`` object."""
-    choices = [ChoiceState() for _ in range(ctx.n)]
+    choices = [ChoiceState(logprobs=[] if ctx.logprobs else None) for _ in range(ctx.n)]
     totals = Finished()
     first = _FirstToken(ctx.started)
     async for output in outputs:
         if isinstance(output, Text) and output.choice < ctx.n:
             first.mark()
-            choices[output.choice].text.append(output.text)
+            state = choices[output.choice]
+            state.text.append(output.text)
+            if state.logprobs is not None and output.logprobs:
+                state.logprobs += output.logprobs
         elif isinstance(output, BoxesFound) and output.choice < ctx.n:
             choices[output.choice].annotations += [annotation(box) for box in output.boxes]
         elif isinstance(output, Image) and output.choice < ctx.n:
@@ -107,9 +111,9 @@ async def _frames(
     output: Accepted | Output, writer: ChunkWriter, ctx: AnswerContext, first: _FirstToken
 ) -> list[bytes]:
     """The chunks one output becomes (none for outputs a stream does not show)."""
-    if isinstance(output, Text) and output.text:
+    if isinstance(output, Text) and (output.text or output.logprobs):
         first.mark()
-        return [writer.text(output.choice, output.text)]
+        return [writer.text(output.choice, output.text, output.logprobs)]
     if isinstance(output, BoxesFound):
         return [writer.boxes(output.choice, output.boxes)]
     if isinstance(output, Image):

@@ -51,6 +51,7 @@ async def create_chat_completion(
         response_format=options.response_format if options else "b64_json",
         publisher=gateway.publisher,
         base_url=base_url_of(request, gateway.settings),
+        logprobs=bool(body.logprobs),
     )
     headers = {"X-Request-ID": request_id}
     if body.stream:

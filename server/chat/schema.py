@@ -1,9 +1,10 @@
 """Request models of ``POST /v1/chat/completions`` (OpenAI's, plus SEED-X image options).
 
-Unknown fields are ignored, as OpenAI-compatible servers do for parameters they do not know.
-OpenAI parameters that change the answer but that SEED-X cannot honour (tools, logprobs, JSON
-mode, ...) are *refused* with a 400 naming the parameter rather than ignored: an app
-relying on them must not get a silently different answer (STYLE.md §4: never quietly fix).
+OpenAI parameters that change the answer but that SEED-X cannot honour (tools, audio, reasoning,
+...) are *refused* with a 400 naming the parameter rather than ignored, and so is a field OpenAI
+does not have: an app relying on one must not get a silently different answer (STYLE.md §4:
+never quietly fix). Logprobs, ``logit_bias`` and JSON answers (``response_format``) are real,
+through vLLM (``workers.llm.choice``).
 
 Assistant turns are accepted exactly as this gateway returns them, so a conversation can be sent
 back unchanged: ``content`` as a string or as parts with ``image_url`` images (non-streamed
@@ -115,18 +116,69 @@ class ChatImageOptions(BaseModel):
     )
 
 
-_REFUSED_IF_SET = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "logit_bias",
-    "audio",
-    "prediction",
-    "web_search_options",
-)
-_REFUSED_IF_TRUE = ("logprobs", "parallel_tool_calls")
-_REFUSED_IF_NONZERO = ("top_logprobs",)
+class JSONSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema the answer must match."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = Field(
+        default=None, description="Accepted: the grammar always holds the answer to the schema."
+    )
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: text, any JSON object, or JSON matching a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required exactly when type is json_schema")
+        return self
+
+
+_REFUSED = {  # OpenAI parameters SEED-X cannot honour: a 400 when set to something that matters
+    "tools": "tools (function calling) are not supported by SEED-X",
+    "functions": "functions (function calling) are not supported by SEED-X",
+    "audio": "audio output is not supported by SEED-X",
+    "prediction": "predicted outputs are not supported by SEED-X",
+    "web_search_options": "web search is not supported by SEED-X",
+    "reasoning_effort": "SEED-X is not a reasoning model: reasoning_effort cannot apply",
+    "verbosity": "verbosity is not supported by SEED-X",
+}
+_HARMLESS_VALUES: dict[str, tuple[object, ...]] = {  # values that ask for nothing we lack
+    "tool_choice": ("none",),
+    "function_call": ("none",),
+    "parallel_tool_calls": (False,),
+    "store": (False,),
+    "service_tier": ("auto", "default"),
+}
+_ACCEPTED = frozenset(  # hints and labels with no effect on the answer
+    {"metadata", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
+     "prompt_cache_options", "moderation"}
+)  # fmt: skip
+
+
+def _check_extra(name: str, value: object) -> None:
+    """A 400 for a field outside the declared ones unless it is accepted or harmlessly set."""
+    if name in _ACCEPTED or value is None:
+        return
+    if name in _HARMLESS_VALUES:
+        if value not in _HARMLESS_VALUES[name]:
+            raise InvalidRequest(f"{name}={value!r} is not supported by SEED-X", param=name)
+        return
+    if name in _REFUSED:
+        if value in ([], {}, False):
+            return  # an empty list of tools asks for nothing
+        raise InvalidRequest(_REFUSED[name], param=name)
+    raise InvalidRequest(f"unknown parameter {name!r}", param=name)
 
 
 class ChatCompletionRequest(BaseModel):
@@ -151,38 +203,62 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logprobs: bool | None = Field(default=None, description="Logprobs of the answer's tokens.")
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Likeliest alternatives per token (needs logprobs)."
+    )
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, max_length=1024, description="Token id (as a string) -> bias in [-100, 100]."
+    )
     user: str | None = Field(default=None, max_length=256)
     modalities: list[Literal["text", "image"]] | None = Field(
         default=None, description='["text", "image"] lets the model answer with images.'
     )
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     image_options: ChatImageOptions | None = Field(
         default=None, description="SEED-X: size/steps/guidance/seed of generated images."
     )
 
     def check_supported(self) -> None:
-        """Raise a 400 naming the first parameter SEED-X cannot honour (module docstring)."""
-        extra = self.model_extra or {}
-        for name in _REFUSED_IF_SET:
-            if extra.get(name):
-                raise InvalidRequest(f"{name} is not supported by SEED-X", param=name)
-        for name in _REFUSED_IF_TRUE:
-            if extra.get(name) is True:
-                raise InvalidRequest(f"{name} is not supported by SEED-X", param=name)
-        for name in _REFUSED_IF_NONZERO:
-            if extra.get(name) not in (None, 0, 0.0):
-                raise InvalidRequest(f"{name} is not supported by SEED-X (only 0)", param=name)
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise InvalidRequest(
-                "response_format other than text is not supported by SEED-X",
-                param="response_format",
-            )
+        """Raise a 400 naming the first parameter SEED-X cannot honour or does not know.
+
+        Every OpenAI parameter is either honoured, accepted as a hint, or refused (the audit
+        test walks the openai SDK's request type); a name OpenAI does not have is refused too,
+        so a typo or another server's extension never passes silently.
+        """
+        for name, value in (self.model_extra or {}).items():
+            _check_extra(name, value)
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise InvalidRequest("at most 4 stop sequences", param="stop")
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest(
                 "stream_options is only allowed when stream is true", param="stream_options"
             )
+        if self.json_answer and self.wants_images:
+            raise InvalidRequest(
+                "a JSON answer cannot hold images: drop response_format or the image modality",
+                param="response_format",
+            )
+
+    @property
+    def json_answer(self) -> bool:
+        """Whether ``response_format`` asks for JSON."""
+        return self.response_format is not None and self.response_format.type != "text"
+
+    def logit_bias_ids(self) -> dict[int, float] | None:
+        """``logit_bias`` with integer token ids; a 400 for a key that is not one."""
+        if not self.logit_bias:
+            return None
+        biases = {}
+        for key, bias in self.logit_bias.items():
+            if not key.isdigit():
+                raise InvalidRequest(
+                    f"logit_bias key {key!r} is not a token id", param="logit_bias"
+                )
+            biases[int(key)] = bias
+        return biases
 
     @property
     def wants_images(self) -> bool:

@@ -18,11 +18,14 @@ markup, and stripping would silently change what the user wrote.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal, TypeVar
+
+from pydantic import ValidationError
 
 from server.admission import StageModel
 from server.chat.schema import (
@@ -30,6 +33,7 @@ from server.chat.schema import (
     ChatCompletionRequest,
     ChatImageOptions,
     ImageURLPart,
+    ResponseFormat,
     SystemMessage,
     TextPart,
 )
@@ -63,6 +67,22 @@ class _Plan:
     require_image: bool = False
 
 
+def _structured(response_format: ResponseFormat | None) -> wire.StructuredOutput | None:
+    """The worker's JSON constraint of ``response_format`` (None: free text)."""
+    if response_format is None or response_format.type == "text":
+        return None
+    spec = response_format.json_schema
+    if spec is None or spec.schema_ is None:  # OpenAI's schema is optional: any JSON object
+        return wire.StructuredOutput(type="json_object")
+    try:
+        text = json.dumps(spec.schema_, separators=(",", ":"))
+        return wire.StructuredOutput(type="json_schema", json_schema=text)
+    except ValidationError:
+        raise InvalidRequest(
+            "response_format.json_schema.schema is too large", param="response_format"
+        ) from None
+
+
 def _plan(gateway: Gateway, req: ChatCompletionRequest, partial_images: int = 0) -> _Plan:
     """Validate everything that needs no I/O; 400 naming the parameter."""
     req.check_supported()
@@ -82,6 +102,9 @@ def _plan(gateway: Gateway, req: ChatCompletionRequest, partial_images: int = 0)
         n=req.n,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
+        logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+        logit_bias=req.logit_bias_ids(),
+        structured=_structured(req.response_format),
     )
     model = req.model or gateway.settings.models.chat
     if not req.wants_images:

@@ -52,6 +52,13 @@ def usage(totals: Finished) -> dict[str, Any]:
     }
 
 
+def _format(req: ResponsesRequest) -> dict[str, Any]:
+    fmt = req.text.format if req.text is not None else None
+    if fmt is None:
+        return {"type": "text"}
+    return fmt.model_dump(by_alias=True, exclude_none=True)
+
+
 def _echo(req: ResponsesRequest) -> dict[str, Any]:
     """The request parameters a Response object repeats."""
     return {
@@ -63,7 +70,7 @@ def _echo(req: ResponsesRequest) -> dict[str, Any]:
         "reasoning": None,
         "store": req.store,
         "temperature": req.temperature,
-        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "text": {"format": _format(req), "verbosity": "medium"},
         "tool_choice": req.tool_choice or "auto",
         "tools": [dict(tool) for tool in req.tools or []],
         "top_p": req.top_p,

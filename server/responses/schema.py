@@ -255,11 +255,6 @@ class ResponsesRequest(BaseModel):
         text = self.text
         if text is None:
             return
-        if text.format is not None and text.format.type != "text":
-            raise InvalidRequest(
-                f"text.format {text.format.type!r} is not supported by SEED-X (only 'text')",
-                param="text.format",
-            )
         if text.verbosity not in (None, "medium"):
             raise InvalidRequest(
                 "text.verbosity is not supported by SEED-X (only 'medium')",

@@ -99,11 +99,28 @@ class Translation:
             return "max_output_tokens"
         if param == "modalities":
             return "tools"
+        if param == "response_format":
+            return "text.format"
         if param.startswith("image_options.") and self.images is not None:
             name = param.removeprefix("image_options.")
             name = "quality" if name == "steps" else name
             return f"tools[{self.images.tool_index}].{name}"
         return param
+
+
+def _response_format(req: ResponsesRequest) -> dict[str, Any] | None:
+    """``text.format`` as chat's ``response_format`` (JSON answers through the worker)."""
+    fmt = req.text.format if req.text is not None else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": fmt.name or "response", "strict": fmt.strict}
+    if fmt.schema_ is not None:
+        spec["schema"] = fmt.schema_
+    if fmt.description is not None:
+        spec["description"] = fmt.description
+    return {"type": "json_schema", "json_schema": spec}
 
 
 def _image_plan(settings: GatewaySettings, req: ResponsesRequest) -> ImagePlan | None:
@@ -287,6 +304,9 @@ def translate(
         "max_completion_tokens": req.max_output_tokens,
         "user": req.user,
     }
+    response_format = _response_format(req)
+    if response_format is not None:
+        body["response_format"] = response_format
     if images is not None:
         spec = images.spec
         body["modalities"] = ["text", "image"]

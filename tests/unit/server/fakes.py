@@ -32,6 +32,8 @@ from workers.protocol import (
     Reply,
     Started,
     TextDelta,
+    TokenLogprob,
+    TopLogprob,
     Usage,
     WorkerInfo,
     new_id,
@@ -119,6 +121,19 @@ class FakeStream:
         self.closed = True
 
 
+def _fake_logprobs(job: ChatJob, piece: str) -> tuple[TokenLogprob, ...] | None:
+    """One entry per piece when the job asks: logprob -0.5, alternatives -1, -2, ..."""
+    top = job.sampling.logprobs
+    if top is None:
+        return None
+    raw = tuple(piece.encode())
+    alternatives = tuple(
+        TopLogprob(token=f"alt{k}", logprob=-1.0 - k, bytes=tuple(f"alt{k}".encode()))
+        for k in range(top)
+    )
+    return (TokenLogprob(token=piece, logprob=-0.5, bytes=raw, top_logprobs=alternatives),)
+
+
 async def llm_script(job: Job, backend: FakeBackend) -> AsyncIterator[Event]:
     """A fake LLM worker: text per choice, optional boxes, an embedding when images are allowed."""
     assert isinstance(job, ChatJob)
@@ -128,7 +143,7 @@ async def llm_script(job: Job, backend: FakeBackend) -> AsyncIterator[Event]:
             await asyncio.sleep(backend.token_delay_s)
             if backend.cancelled_event(job.job_id).is_set():
                 return
-            yield TextDelta(text=piece, choice=choice)
+            yield TextDelta(text=piece, choice=choice, logprobs=_fake_logprobs(job, piece))
         if backend.llm_boxes:
             yield Boxes(boxes=backend.llm_boxes, choice=choice)
         if job.allow_image_output and backend.llm_images:

@@ -211,9 +211,17 @@ async def test_special_token_strings_reach_the_worker_unchanged(
     ("extra", "param"),
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logit_bias": {"cat": 3}}, "logit_bias"),
+        ({"logit_bias": {"12": 101}}, "logit_bias.12"),
         ({"frequency_penalty": 2.5}, "frequency_penalty"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"response_format": {"type": "json_object"}, "modalities": ["image"]}, "response_format"),
+        ({"reasoning_effort": "high"}, "reasoning_effort"),
+        ({"store": True}, "store"),
+        ({"service_tier": "priority"}, "service_tier"),
+        ({"top_k": 5}, "top_k"),  # not OpenAI's: unknown, never silently ignored
         ({"n": 9}, "n"),
         ({"max_tokens": 100_000}, "max_tokens"),
         ({"temperature": 3}, "temperature"),

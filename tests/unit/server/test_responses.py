@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from typing import Any
 
 import httpx
@@ -207,7 +208,10 @@ async def test_without_the_tool_no_image_is_allowed(
         ({"tool_choice": {"type": "function", "name": "f"}}, "tool_choice"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
         ({"include": ["message.output_text.logprobs"]}, "include"),
-        ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+        (
+            {"text": {"format": {"type": "json_object"}}, "tools": [{"type": "image_generation"}]},
+            "text.format",
+        ),
         ({"truncation": "auto"}, "truncation"),
         ({"max_output_tokens": 100_000}, "max_output_tokens"),
         ({"temperature": 3}, "temperature"),
@@ -331,3 +335,20 @@ async def test_incomplete_when_max_output_tokens_cut_it(
     assert answer["status"] == "incomplete"
     assert answer["incomplete_details"] == {"reason": "max_output_tokens"}
     assert answer["output"][0]["status"] == "incomplete"
+
+
+async def test_text_format_json_schema_reaches_the_worker(
+    oai: openai.AsyncOpenAI, backend: FakeBackend
+) -> None:
+    schema = {"type": "object", "properties": {"x1": {"type": "integer"}}, "required": ["x1"]}
+    response = await oai.responses.create(
+        model="seed-x-i",
+        input="boxes please",
+        text={"format": {"type": "json_schema", "name": "box", "schema": schema, "strict": True}},
+    )
+    structured = backend.jobs[0].sampling.structured  # type: ignore[union-attr]
+    assert structured is not None
+    assert json.loads(structured.json_schema or "") == schema
+    assert response.text is not None
+    assert response.text.format is not None
+    assert response.text.format.type == "json_schema"
