@@ -10,6 +10,7 @@ Size: ``WIDTHxHEIGHT`` (or ``auto``), each side a multiple of 64 within
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +39,23 @@ def parse_size(size: str | None, bounds: Bounds, param: str = "size") -> tuple[i
                 param=param,
             )
     return width, height
+
+
+QUALITIES = ("low", "medium", "high", "auto", "standard", "hd")
+"""OpenAI's ``quality`` values (GPT-image's, and DALL-E 3's standard / hd)."""
+
+
+def steps_for(quality: str | None, bounds: Bounds, param: str = "quality") -> int:
+    """Denoising steps of an OpenAI ``quality``: low is half the operator's default steps,
+    medium / auto / standard the default, high / hd twice it (at most ``max_steps``)."""
+    default = bounds.default_steps
+    if quality not in (None, *QUALITIES):
+        raise InvalidRequest(f"quality must be one of {', '.join(QUALITIES)}", param=param)
+    if quality == "low":
+        return max(1, math.ceil(default / 2))
+    if quality in ("high", "hd"):
+        return min(bounds.max_steps, 2 * default)
+    return default
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from server.images.schema import (
     _ImageOptions,
 )
 from server.orchestrate import DiffusionJob, Output, start_images, start_pipeline
-from server.rendering import ImageSpec
+from server.rendering import ImageSpec, steps_for
+from server.settings import Bounds
 from server.state import Gateway
 from workers import protocol as wire
 
@@ -48,6 +49,11 @@ class ImagePlan:
     detokenizer: str
 
 
+def _quality_steps(quality: str | None, bounds: Bounds) -> int | None:
+    """``quality`` as denoising steps (``steps``, SEED-X's own field, wins when both are set)."""
+    return None if quality is None else steps_for(quality, bounds)
+
+
 def _spec(gateway: Gateway, req: _ImageOptions, partial_images: int = 0) -> ImageSpec:
     req.check_supported()
     bounds = gateway.settings.bounds
@@ -56,7 +62,7 @@ def _spec(gateway: Gateway, req: _ImageOptions, partial_images: int = 0) -> Imag
     return ImageSpec.build(
         bounds,
         size=req.size,
-        steps=req.steps,
+        steps=req.steps if req.steps is not None else _quality_steps(req.quality, bounds),
         guidance_scale=req.guidance_scale,
         seed=req.seed,
         output_format=req.output_format,

@@ -17,7 +17,6 @@ the deployment is tuned for): ``low`` half of them, ``medium`` and ``auto`` all 
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from pydantic import ValidationError
 
 from server.chat.schema import ChatCompletionRequest
 from server.errors import InvalidRequest
-from server.rendering import ImageSpec
+from server.rendering import ImageSpec, steps_for
 from server.responses.schema import (
     ImageGenerationCallItem,
     ImageGenerationTool,
@@ -36,20 +35,10 @@ from server.responses.schema import (
     ResponsesRequest,
 )
 from server.responses.store import StoredResponse
-from server.settings import Bounds, GatewaySettings
+from server.settings import GatewaySettings
 
 _MESSAGE_PARAM = re.compile(r"^messages\[(\d+)\](.*)$")
 _IMAGE_SUFFIX = re.compile(r"^\.images\[(\d+)\]")
-
-
-def steps_for(quality: str | None, bounds: Bounds) -> int:
-    """Denoising steps of an OpenAI ``quality`` (module docstring)."""
-    default = bounds.default_steps
-    if quality == "low":
-        return max(1, math.ceil(default / 2))
-    if quality == "high":
-        return min(bounds.max_steps, 2 * default)
-    return default
 
 
 @dataclass(frozen=True)

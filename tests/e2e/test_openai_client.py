@@ -178,3 +178,59 @@ def test_generated_images_can_be_sent_back_in_a_chat(stack: Stack) -> None:
     )
     assert answer.usage is not None
     assert answer.usage.prompt_tokens > 2 * 66  # both images are in the prompt
+
+
+def test_chat_logprobs_from_the_vllm_worker(stack: Stack) -> None:
+    answer = stack.client().chat.completions.create(
+        model="seed-x-i",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=8,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = answer.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content
+    for entry in content:
+        assert entry.logprob <= 0.0
+        assert len(entry.top_logprobs) == 3
+    stream = stack.client().chat.completions.create(
+        model="seed-x-i",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=8,
+        logprobs=True,
+        stream=True,
+    )
+    streamed = [
+        entry
+        for chunk in stream
+        for choice in chunk.choices
+        if choice.logprobs is not None and choice.logprobs.content
+        for entry in choice.logprobs.content
+    ]
+    assert [e.token for e in streamed] == [e.token for e in content]  # greedy: the same tokens
+
+
+def test_chat_json_schema_answer_from_the_vllm_worker(stack: Stack) -> None:
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "maxLength": 8},
+            "x1": {"type": "integer", "minimum": 0, "maximum": 999},
+        },
+        "required": ["label", "x1"],
+        "additionalProperties": False,
+    }
+    answer = stack.client().chat.completions.create(
+        model="seed-x-i",
+        messages=[{"role": "user", "content": "Where is the cat? Answer as JSON."}],
+        max_tokens=100,
+        temperature=1.0,
+        seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "box", "schema": schema}},
+    )
+    assert answer.choices[0].finish_reason == "stop"
+    value = json.loads(answer.choices[0].message.content or "")
+    assert set(value) == {"label", "x1"}
+    assert 0 <= value["x1"] <= 999

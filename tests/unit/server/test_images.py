@@ -210,3 +210,22 @@ async def test_full_diffusion_queue_is_429(client: httpx.AsyncClient, backend: F
     response = await client.post("/v1/images/generations", json={"prompt": "x", "n": 2})
     assert response.status_code == 429
     assert backend.jobs == []
+
+
+@pytest.mark.parametrize(
+    ("quality", "steps"), [("low", 1), ("medium", 2), ("auto", 2), ("high", 4), ("hd", 4)]
+)
+async def test_quality_picks_the_denoising_steps(
+    oai: openai.AsyncOpenAI, backend: FakeBackend, quality: str, steps: int
+) -> None:
+    """Relative to the operator's default steps (2 in these tests): half, the default, twice."""
+    backend.llm_images = 1
+    await oai.images.generate(prompt="a red cube", quality=quality)  # type: ignore[arg-type]
+    (job,) = backend.jobs_of("image.generate")
+    assert job.steps == steps  # type: ignore[union-attr]
+
+
+async def test_an_unknown_quality_is_refused(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/images/generations", json={"prompt": "x", "quality": "ultra"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "quality"
