@@ -4,8 +4,9 @@ OpenAI's fields, plus SEED-X extras as extra fields (``steps``, ``guidance_scale
 ``image_guidance_scale``, ``seed``): the openai client sends them with ``extra_body``.
 ``quality`` picks the denoising steps (``server.rendering.steps_for``; ``steps`` wins when both
 are set). Fields a GPT-image model has that change nothing here (``moderation``: SEED-X has no
-moderation model; ``style``) are accepted; ``background="transparent"`` is refused (SEED-X renders opaque images), and so is a
-``mask`` (SEED-X-Edit edits from the instruction, not a mask).
+moderation model; ``style``) are accepted; ``background="transparent"`` is refused (SEED-X
+renders opaque images), and so is a ``mask`` (SEED-X-Edit edits from the instruction, not a
+mask).
 """
 
 from __future__ import annotations
