@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -72,6 +72,20 @@ class LateLiveness:
 
     def __call__(self) -> bool:
         return self._check is not None and self._check()
+
+
+@contextlib.contextmanager
+def metrics_bound_first(port: int | None, host: str) -> Iterator[LateLiveness]:
+    """Serves ``/metrics`` on ``port`` (None: off) for the life of a worker, from before its
+    model loads; yields the :class:`LateLiveness` to hand the real check to once loaded."""
+    liveness = LateLiveness()
+    server = None if port is None else start_metrics_server(port, host, liveness)
+    try:
+        yield liveness
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
 
 class LoopBeat:

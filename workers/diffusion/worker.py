@@ -30,7 +30,7 @@ from workers.diffusion.requests import RequestLimits
 from workers.diffusion.runner import BatchRunner
 from workers.diffusion.settings import DiffusionWorkerSettings
 from workers.logcontext import JobContextFilter
-from workers.metrics_http import LateLiveness, LoopBeat, start_metrics_server
+from workers.metrics_http import LateLiveness, LoopBeat, metrics_bound_first
 
 logger = logging.getLogger(__name__)
 
@@ -112,18 +112,9 @@ async def diffusion_service(
 
 async def serve(settings: DiffusionWorkerSettings) -> None:
     """Loads the de-tokenizer, consumes until SIGTERM/SIGINT, drains, exits."""
-    liveness = LateLiveness()  # the port is bound before the minutes-long load
-    server = (
-        start_metrics_server(settings.metrics_port, settings.metrics_host, liveness)
-        if settings.metrics_port is not None
-        else None
-    )
-    try:
+    # The port is bound before the minutes-long load (``LateLiveness``).
+    with metrics_bound_first(settings.metrics_port, settings.metrics_host) as liveness:
         await _serve(settings, liveness)
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
 
 
 async def _serve(settings: DiffusionWorkerSettings, liveness: LateLiveness) -> None:

@@ -90,18 +90,10 @@ async def serve(settings: LLMWorkerSettings) -> None:
 
     The metrics port is bound before anything heavy is imported or started (``LateLiveness``).
     """
-    from workers.metrics_http import LateLiveness, start_metrics_server
+    from workers.metrics_http import metrics_bound_first
 
-    liveness = LateLiveness()
-    server = None
-    if settings.metrics_port:
-        server = start_metrics_server(settings.metrics_port, settings.metrics_host, liveness)
-    try:
+    with metrics_bound_first(settings.metrics_port or None, settings.metrics_host) as liveness:
         await _serve(settings, liveness)
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
 
 
 async def _serve(settings: LLMWorkerSettings, liveness: LateLiveness) -> None:
