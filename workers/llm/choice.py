@@ -224,10 +224,10 @@ class ChoiceRun:
     def _consume(self, new_ids: list[int], logprobs: list[TokenLogprob] | None) -> list[Event]:
         self.output += new_ids
         self.context += new_ids
-        fed = len(self.text.ids)
+        before = len(self.text.ids)
         text, boxes = self.text.feed(new_ids)
         if self.logprobs is not None and logprobs is not None:
-            fed = len(self.text.ids) - fed  # a stop string ends the answer inside the batch
+            fed = len(self.text.ids) - before  # a stop string ends the answer inside the batch
             self.logprobs += [e for e in logprobs[:fed] if self.text.shows(e.token_id)]
         events: list[Event] = []
         if text:

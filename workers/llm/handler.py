@@ -77,13 +77,14 @@ def _wire_logprobs(
         token, raw = strings(token_id)
         return wire.TopLogprob(token=token, logprob=finite_logprob(logprob), bytes=raw)
 
-    return tuple(
-        wire.TokenLogprob(
-            **top(e.token_id, e.logprob).model_dump(),
-            top_logprobs=tuple(top(i, lp) for i, lp in e.top),
+    def entry(e: llm.TokenLogprob) -> wire.TokenLogprob:
+        token, raw = strings(e.token_id)
+        alternatives = tuple(top(i, lp) for i, lp in e.top)
+        return wire.TokenLogprob(
+            token=token, logprob=finite_logprob(e.logprob), bytes=raw, top_logprobs=alternatives
         )
-        for e in entries
-    )
+
+    return tuple(entry(e) for e in entries)
 
 
 def _box(box: Any) -> wire.Box:

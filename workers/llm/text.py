@@ -128,7 +128,8 @@ NEG_INF_LOGPROB = -9999.0
 
 
 class TokenStrings:
-    """OpenAI's ``token`` and ``bytes`` of a token id, for logprobs (cached per id).
+    """OpenAI's ``token`` and ``bytes`` of a token id, for logprobs (cached per id: the
+    vocabulary bounds the cache).
 
     A SentencePiece piece is its text with ``▁`` as a space; a byte-fallback piece ``<0xE2>`` is
     one byte of a longer character, written ``bytes:\\xe2`` as OpenAI writes partial characters;
@@ -150,8 +151,7 @@ class TokenStrings:
             else:
                 text = piece.replace(_SPACE_PIECE, " ")
                 found = (text, tuple(text.encode()))
-            if len(self._cache) < 65_536:
-                self._cache[token_id] = found
+            self._cache[token_id] = found
         return found
 
 

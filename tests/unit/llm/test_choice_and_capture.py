@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,25 @@ def test_answer_text_stop_string(tokenizer: SeedXTokenizer) -> None:
             break
     assert text.stopped
     assert out + text.finish() == "a car is "
+
+
+def test_token_strings_are_openais(tokenizer: SeedXTokenizer) -> None:
+    """A piece's text with ``▁`` as a space; a byte-fallback piece as ``bytes:\\xNN`` with its one
+    byte; an added token as itself; minus infinity as -9999.0 on the wire."""
+    from workers.llm.handler import _wire_logprobs
+    from workers.llm.text import TokenStrings
+
+    strings = TokenStrings(tokenizer)
+    word = tokenizer.encode_user_text("a")[-1]  # "▁a"
+    brace = tokenizer.encode_user_text("}")[-1]  # "<0x7D>" in the tiny vocabulary
+    assert strings(word) == (" a", (32, 97))
+    assert strings(brace) == ("bytes:\\x7d", (0x7D,))
+    assert strings(tokenizer.box_start_id) == ("<box_start>", tuple(b"<box_start>"))
+    (entry,) = _wire_logprobs(
+        (TokenLogprob(word, -0.5, ((word, -0.5), (brace, -math.inf))),), strings
+    )
+    assert (entry.token, entry.logprob, entry.bytes) == (" a", -0.5, (32, 97))
+    assert [(t.token, t.logprob) for t in entry.top_logprobs] == [
+        (" a", -0.5),
+        ("bytes:\\x7d", -9999.0),
+    ]

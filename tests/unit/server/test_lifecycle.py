@@ -141,6 +141,21 @@ class ASGICall:
         ).decode()
 
 
+async def leave_mid_answer(app: FastAPI, path: str, body: dict[str, Any], backend: Any) -> ASGICall:
+    """Starts ``body`` on ``path``, lets it run 0.2 s, then the client leaves; asserts the job
+    was running, uncancelled, until then, and that the leaving cancelled it (and only it)."""
+    call = ASGICall(app, path, body)
+    task = asyncio.create_task(call.run())
+    await asyncio.sleep(0.2)
+    assert backend.jobs
+    assert backend.cancelled == []
+    call.gone.set()
+    await asyncio.wait_for(task, 2)
+    await asyncio.sleep(0.02)
+    assert backend.cancelled == [backend.jobs[0].job_id]
+    return call
+
+
 @pytest.fixture
 async def slow_app(backend: FakeBackend) -> AsyncIterator[FastAPI]:
     backend.token_delay_s = 0.05
@@ -154,15 +169,9 @@ async def slow_app(backend: FakeBackend) -> AsyncIterator[FastAPI]:
 async def test_client_disconnect_cancels_the_job(
     slow_app: FastAPI, backend: FakeBackend, stream: bool
 ) -> None:
-    call = ASGICall(slow_app, "/v1/chat/completions", {**CHAT, "stream": stream})
-    task = asyncio.create_task(call.run())
-    await asyncio.sleep(0.2)
-    assert backend.jobs
-    assert backend.cancelled == []
-    call.gone.set()
-    await asyncio.wait_for(task, 2)
-    await asyncio.sleep(0.02)
-    assert backend.cancelled == [backend.jobs[0].job_id]
+    call = await leave_mid_answer(
+        slow_app, "/v1/chat/completions", {**CHAT, "stream": stream}, backend
+    )
     if stream:
         assert "t0" in call.body_text()
         assert "[DONE]" not in call.body_text()

@@ -3,7 +3,6 @@ failures, and the official client's parsers (``create(stream=True)`` and ``strea
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +15,7 @@ from openai.types.responses import ResponseStreamEvent
 from server.app import create_app
 from tests.unit.server.conftest import make_settings
 from tests.unit.server.fakes import FakeBackend
-from tests.unit.server.test_lifecycle import ASGICall
+from tests.unit.server.test_lifecycle import leave_mid_answer
 from workers.protocol import Box, ChatJob, ErrorPayload, Event, Failed, Job, Started, TextDelta
 
 IMAGE_TOOL: Any = {"type": "image_generation", "size": "64x64", "partial_images": 2}
@@ -185,15 +184,8 @@ async def test_client_disconnect_cancels_the_job(backend: FakeBackend, stream: b
     backend.llm_text = tuple(f"t{i} " for i in range(100))
     app = create_app(make_settings(), backend)
     async with app.router.lifespan_context(app):
-        call = ASGICall(app, "/v1/responses", {"input": "hi", "stream": stream})
-        task = asyncio.create_task(call.run())
-        await asyncio.sleep(0.2)
-        assert backend.jobs
-        assert backend.cancelled == []
-        call.gone.set()
-        await asyncio.wait_for(task, 2)
-        await asyncio.sleep(0.02)
-    assert backend.cancelled == [backend.jobs[0].job_id]
+        body = {"input": "hi", "stream": stream}
+        call = await leave_mid_answer(app, "/v1/responses", body, backend)
     if stream:
         assert "response.output_text.delta" in call.body_text()
         assert "response.completed" not in call.body_text()
