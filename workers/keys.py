@@ -52,6 +52,9 @@ CANCEL_PREFIX = f"{PREFIX}:cancel:"
 IDEMPOTENCY_PREFIX = f"{PREFIX}:idem:"
 """``seedx:idem:{key}``: idempotency key -> job_id, so a retried enqueue is not a second job."""
 
+RESPONSE_PREFIX = f"{PREFIX}:response:"
+"""``seedx:response:{id}``: a stored Responses API object and its conversation (gateway only)."""
+
 # --- default TTLs and bounds (seconds unless named otherwise) --------------------------------
 DEFAULT_LEASE_S = 30.0
 """A job whose worker has not heartbeated for this long is reclaimed by another worker."""
@@ -106,3 +109,8 @@ def idempotency_key(key: str) -> str:
 def job_idempotency_key(job_id: str) -> str:
     """The implicit idempotency record of a job id (makes a retried enqueue harmless)."""
     return f"{IDEMPOTENCY_PREFIX}job:{job_id}"
+
+
+def response_key(response_id: str) -> str:
+    """A stored Responses API object (``server.responses.store``)."""
+    return f"{RESPONSE_PREFIX}{response_id}"

@@ -33,15 +33,9 @@ from redis.exceptions import RedisError
 
 from server.backend import Backend, RedisBackend
 from workers.errors import Unavailable
+from workers.keys import response_key
 
 logger = logging.getLogger(__name__)
-
-KEY_PREFIX = "seedx:response:"  # beside workers/keys.py's names; the gateway alone uses it
-
-
-def response_key(response_id: str) -> str:
-    """The Redis key of a stored response."""
-    return f"{KEY_PREFIX}{response_id}"
 
 
 def new_response_id() -> str:

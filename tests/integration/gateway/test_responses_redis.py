@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 from redis.asyncio import Redis
 
-from server.responses.store import response_key
 from tests.integration.gateway import test_gateway_redis as chat_tier
+from workers.keys import response_key
 
 # the gateway on real Redis with fake worker handlers, as the chat tests use it
 app = chat_tier.app
