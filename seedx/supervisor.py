@@ -3,8 +3,9 @@
 Each child is a ``seedx`` subcommand run with the same Python. Its output lines are prefixed with
 its name, so one terminal shows the whole stack. A child that exits on its own is restarted with
 exponential backoff (reset once it has stayed up for a while), so a crashed worker comes back
-without taking the others down. On SIGINT/SIGTERM every child gets SIGTERM (workers drain), then
-SIGKILL after the grace period; the supervisor never leaves orphans behind.
+without taking the others down. On SIGINT/SIGTERM every child gets SIGTERM (workers drain and
+stop what they started), then its process group SIGKILL after the grace period; the supervisor
+never leaves orphans behind.
 """
 
 from __future__ import annotations
@@ -159,6 +160,11 @@ class Supervisor:
                 return
 
     async def _terminate_all(self) -> None:
+        """SIGTERM to each child alone: a worker stops what it started in order (the LLM
+        worker's vLLM engine core and its workers release their shared memory), which a signal
+        to the whole group would cut short (vLLM's processes then abort and Python's resource
+        tracker reports leaked shared memory). Leftovers get the group signals afterwards
+        (``_stop_leftovers``); a child still running after ``grace_s``, SIGKILL with its group."""
         running = [
             c.process
             for c in self.children
@@ -166,7 +172,7 @@ class Supervisor:
         ]
         for process in running:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
         for process in running:
             remaining = max(0.0, deadline - time.monotonic())

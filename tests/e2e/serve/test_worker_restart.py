@@ -1,6 +1,6 @@
 """A worker killed under ``seedx serve`` is restarted by the supervisor, and the stack answers
-again with nobody doing anything (issue 7). Runs last in this folder (the file sorts last): the
-other tests need every worker up.
+again with nobody doing anything (issue 7). Runs after the other tests of this folder (the file
+sorts after them), which need every worker up; only ``test_zz_stop`` comes later.
 
 The diffusion worker of ``first_stage`` is the one killed (SIGKILL, as the OOM killer would): it
 is on the path of image generation and restarts in seconds; the LLM workers go through the same
