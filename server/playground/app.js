@@ -145,7 +145,11 @@ async function sendChat(event) {
       stream: true,
       stream_options: { include_usage: true },
     };
-    if (!$("#chat-images-out").checked) body.modalities = ["text"];
+    const format = $("#chat-format").value;
+    if (format !== "text") body.response_format = { type: format };
+    // A JSON answer cannot hold images (the server says so with a 400): text only then.
+    if (!$("#chat-images-out").checked || format !== "text") body.modalities = ["text"];
+    if ($("#chat-logprobs").checked) Object.assign(body, { logprobs: true, top_logprobs: 3 });
     const maxTokens = $("#chat-max-tokens").value;
     if (maxTokens) body.max_tokens = Number(maxTokens);
     const response = await api("/v1/chat/completions",
@@ -157,10 +161,12 @@ async function sendChat(event) {
     let usage = null;
     const images = [];
     const boxes = [];
+    const tokens = [];
     for await (const chunk of sse(response)) {
       if (chunk.usage) usage = chunk.usage;
       for (const choice of chunk.choices || []) {
         if (choice.finish_reason) finish = choice.finish_reason;
+        if (choice.logprobs && choice.logprobs.content) tokens.push(...choice.logprobs.content);
         const delta = choice.delta || {};
         if (delta.content) { answer += delta.content; textEl.textContent = answer; }
         for (const part of delta.images || []) {
@@ -181,6 +187,7 @@ async function sendChat(event) {
       boxes.length && `${boxes.length} box(es)`, images.length && `${images.length} image(s)`]
       .filter(Boolean).join(" · ");
     answerEl.append(meta);
+    if (tokens.length) answerEl.append(logprobTable(tokens));
     if (imageFigure && boxes.length) {
       const img = imageFigure.querySelector("img");
       drawBoxes(imageFigure, img, boxes.filter((b) => (b.image_index || 0) === 0));
@@ -192,6 +199,25 @@ async function sendChat(event) {
     $("#chat-text").value = "";
     $("#chat-image").value = "";
   });
+}
+
+// Each answer token with its probability and the likeliest alternatives (top_logprobs).
+function logprobTable(tokens) {
+  const details = document.createElement("details");
+  details.className = "logprobs";
+  const summary = document.createElement("summary");
+  summary.textContent = `${tokens.length} token logprobs`;
+  const table = document.createElement("table");
+  const pct = (lp) => `${(100 * Math.exp(lp)).toFixed(1)}%`;
+  for (const t of tokens) {
+    const row = table.insertRow();
+    row.insertCell().textContent = JSON.stringify(t.token);
+    row.insertCell().textContent = pct(t.logprob);
+    row.insertCell().textContent = (t.top_logprobs || [])
+      .map((alt) => `${JSON.stringify(alt.token)} ${pct(alt.logprob)}`).join("  ");
+  }
+  details.append(summary, table);
+  return details;
 }
 
 // ---- Images -------------------------------------------------------------------------------

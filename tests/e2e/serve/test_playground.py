@@ -103,6 +103,29 @@ def test_chat_with_an_uploaded_image(
     screenshot(browser, shots, "chat")
 
 
+def test_chat_json_answer_with_token_logprobs(
+    served: Served, browser: Browser, shots: Path
+) -> None:
+    """A JSON-object answer (vLLM's grammar) with each token's probability under the answer."""
+    open_tab(browser, served.base_url, "chat")
+    browser.wait_for("document.querySelectorAll('#chat-model option').length > 1")
+    browser.eval("document.querySelector('#chat-reset').click()")
+    browser.eval("document.querySelector('#chat-format').value = 'json_object'")
+    browser.eval("document.querySelector('#chat-logprobs').checked = true")
+    browser.fill("#chat-text", "Describe the picture as JSON.")
+    browser.fill("#chat-max-tokens", "16")
+    browser.click("#chat-send")
+    browser.wait_for("document.querySelectorAll('.msg.assistant .meta').length === 1", timeout_s=90)
+    assert error_text(browser) == ""
+    answer = browser.eval("document.querySelector('.msg.assistant .text').textContent")
+    assert str(answer).startswith("{")  # the grammar opens an object (16 tokens may cut it)
+    rows = browser.eval("document.querySelectorAll('.msg.assistant .logprobs tr').length")
+    summary = browser.eval("document.querySelector('.msg.assistant .logprobs summary').textContent")
+    assert summary == f"{rows} token logprobs"
+    assert 1 <= rows <= 16
+    screenshot(browser, shots, "chat-json-logprobs")
+
+
 def test_generate_shows_previews_then_the_final_image(
     served: Served, browser: Browser, shots: Path
 ) -> None:
