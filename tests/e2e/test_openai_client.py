@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -234,3 +235,31 @@ def test_chat_json_schema_answer_from_the_vllm_worker(stack: Stack) -> None:
     value = json.loads(answer.choices[0].message.content or "")
     assert set(value) == {"label", "x1"}
     assert 0 <= value["x1"] <= 999
+
+
+def test_chat_logit_bias_through_the_gateway(stack: Stack, serving_tree: Path) -> None:
+    from engine.tokenizer import SeedXTokenizer
+
+    brace = SeedXTokenizer(serving_tree / "seed-x-i").encode_user_text("}")[-1]
+    answer = stack.client().chat.completions.create(
+        model="seed-x-i",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=4,
+        logit_bias={str(brace): 100},
+    )
+    assert answer.choices[0].message.content == "}}}}"
+
+
+def test_images_quality_picks_the_steps(stack: Stack) -> None:
+    """quality "high" is twice the gateway's default steps (2 here): the same image as steps=4."""
+    client = stack.client()
+
+    def draw(**options: object) -> str:
+        result = client.images.generate(
+            prompt="a red cube", size="64x64", extra_body={"seed": 5, **options}
+        )
+        assert result.data is not None
+        return str(result.data[0].b64_json)
+
+    assert draw(quality="high") == draw(steps=4)
+    assert draw(quality="low") != draw(quality="high")
