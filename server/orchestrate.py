@@ -22,7 +22,9 @@ from functools import partial
 from typing import Any
 
 from server.dispatch import RequestScope
+from server.rendering import ImageSpec
 from workers.protocol import (
+    BlobRef,
     Box,
     Boxes,
     ChatJob,
@@ -43,6 +45,36 @@ from workers.protocol import (
 DiffusionJob = ImageGenerateJob | ImageEditJob | ImageReconstructJob
 ImageJobFactory = Callable[[EmbeddingReady], list[tuple[int, DiffusionJob]]]
 """The diffusion jobs for one visual embedding, each with the image index it produces."""
+
+
+def diffusion_job(
+    scope: RequestScope,
+    detokenizer: str,
+    spec: ImageSpec,
+    ordinal: int,
+    *,
+    embedding: BlobRef | None = None,
+    source: BlobRef | None = None,
+    image_guidance_scale: float | None = None,
+) -> DiffusionJob:
+    """The diffusion job of the ``ordinal``-th image of a request: the one way every endpoint
+    (chat, generations, edits, variations, the Responses image tool) builds one.
+
+    Each job gets its own envelope here, so its own ``job_id``: a reply stream subscription is
+    per job, and ``n`` images sharing one id were the ``n=2`` 500 of issue 21. The job type
+    follows from what it renders: an embedding alone (generate), an embedding and a source
+    image (edit, three-branch guidance), a source image alone (variation, reconstruction).
+    """
+    fields: dict[str, Any] = {**scope.envelope(), "model": detokenizer, **spec.job_fields(ordinal)}
+    if embedding is None:
+        if source is None:
+            raise ValueError("a diffusion job renders an embedding, a source image, or both")
+        return ImageReconstructJob(source=source, **fields)
+    if source is None:
+        return ImageGenerateJob(embedding=embedding, **fields)
+    if image_guidance_scale is not None:
+        fields["image_guidance_scale"] = image_guidance_scale
+    return ImageEditJob(embedding=embedding, source=source, **fields)
 
 
 @dataclass(frozen=True)

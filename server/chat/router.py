@@ -15,8 +15,9 @@ from server.deps import GatewayDep
 from server.metrics import request_id_of
 from server.openapi import ERROR_RESPONSES, base_url_of, client_gone
 from server.sse import ClientDisconnected, EventStreamResponse, run_until_disconnect
+from server.unicode import UnicodeCheckedRoute
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=UnicodeCheckedRoute)
 
 
 @router.post(

@@ -39,7 +39,13 @@ from server.chat.schema import (
 )
 from server.dispatch import RequestScope, fresh_seed
 from server.errors import InvalidRequest
-from server.orchestrate import DiffusionJob, ImageJobFactory, Output, start_pipeline
+from server.orchestrate import (
+    DiffusionJob,
+    ImageJobFactory,
+    Output,
+    diffusion_job,
+    start_pipeline,
+)
 from server.rendering import ImageSpec
 from server.state import Gateway
 from workers import protocol as wire
@@ -217,13 +223,10 @@ def _image_factory(
 
     def make(event: wire.EmbeddingReady) -> list[tuple[int, DiffusionJob]]:
         nonlocal ordinal
-        fields = {**scope.envelope(), "model": detokenizer, **spec.job_fields(ordinal)}
+        job = diffusion_job(
+            scope, detokenizer, spec, ordinal, embedding=event.embedding, source=source
+        )
         ordinal += 1
-        job: DiffusionJob
-        if source is not None:
-            job = wire.ImageEditJob(embedding=event.embedding, source=source, **fields)
-        else:
-            job = wire.ImageGenerateJob(embedding=event.embedding, **fields)
         return [(event.image_index, job)]
 
     return make

@@ -46,6 +46,10 @@ class _ImageOptions(BaseModel):
         if self.background == "transparent":
             raise InvalidRequest("transparent backgrounds are not supported", param="background")
 
+    def source(self) -> UploadFile | None:
+        """The uploaded image the request renders from (edits, variations), if any."""
+        return None
+
 
 class _Streaming(BaseModel):
     stream: bool = Field(default=False, description="SSE of partial and completed images.")
@@ -74,6 +78,9 @@ class ImageEditForm(_ImageOptions, _Streaming):
         """The uploaded source images, whichever field name the client used."""
         return [*(self.image or []), *(self.image_array or [])]
 
+    def source(self) -> UploadFile | None:
+        return self.images()[0]  # check_supported: exactly one
+
     def check_supported(self) -> None:
         super().check_supported()
         if self.mask is not None:
@@ -92,3 +99,9 @@ class ImageVariationForm(_ImageOptions):
     """``POST /v1/images/variations`` (multipart)."""
 
     image: UploadFile
+
+    def source(self) -> UploadFile | None:
+        return self.image
+
+
+ImagesRequest = ImageGenerateRequest | ImageEditForm | ImageVariationForm

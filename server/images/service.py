@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import UploadFile
 
@@ -27,13 +27,8 @@ from server.admission import StageModel
 from server.chat.service import Accepted
 from server.dispatch import RequestScope
 from server.errors import InvalidRequest, PayloadTooLarge
-from server.images.schema import (
-    ImageEditForm,
-    ImageGenerateRequest,
-    ImageVariationForm,
-    _ImageOptions,
-)
-from server.orchestrate import DiffusionJob, Output, start_images, start_pipeline
+from server.images.schema import ImageEditForm, ImagesRequest, ImageVariationForm, _Streaming
+from server.orchestrate import DiffusionJob, Output, diffusion_job, start_images, start_pipeline
 from server.rendering import ImageSpec, steps_for
 from server.settings import Bounds
 from server.state import Gateway
@@ -43,10 +38,15 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ImagePlan:
+class ImagesPlan:
+    """A validated images request, before any I/O: what runs, and the spec the answer shows."""
+
     spec: ImageSpec
-    llm: str | None
     detokenizer: str
+    llm: str | None = None  # None: variations (the de-tokenizer alone, no prompt)
+    task: Literal["generate", "edit"] = "generate"
+    prompt: str = ""
+    image_guidance_scale: float | None = None
 
 
 def _quality_steps(quality: str | None, bounds: Bounds) -> int | None:
@@ -54,7 +54,7 @@ def _quality_steps(quality: str | None, bounds: Bounds) -> int | None:
     return None if quality is None else steps_for(quality, bounds)
 
 
-def _spec(gateway: Gateway, req: _ImageOptions, partial_images: int = 0) -> ImageSpec:
+def _spec(gateway: Gateway, req: ImagesRequest) -> ImageSpec:
     req.check_supported()
     bounds = gateway.settings.bounds
     if req.n > bounds.max_n:
@@ -67,19 +67,30 @@ def _spec(gateway: Gateway, req: _ImageOptions, partial_images: int = 0) -> Imag
         seed=req.seed,
         output_format=req.output_format,
         output_compression=req.output_compression,
-        partial_images=partial_images,
+        partial_images=req.partial_images if isinstance(req, _Streaming) and req.stream else 0,
     )
 
 
-def _detokenizer(gateway: Gateway, model: str, *, conditioned: bool) -> str:
+def plan(gateway: Gateway, req: ImagesRequest) -> ImagesPlan:
+    """Every check that needs no I/O, for the three endpoints alike; 400 naming the parameter.
+
+    The endpoint is the request's type: generations (JSON), edits or variations (multipart).
+    """
+    spec = _spec(gateway, req)
     routing = gateway.settings.models
-    detokenizer = routing.detokenizers.get(model)
-    if detokenizer is None or (detokenizer in routing.conditioned) != conditioned:
-        use = "edits" if not conditioned else "generations"
-        raise InvalidRequest(
-            f"model {model!r} does not serve this endpoint (try /v1/images/{use})", param="model"
-        )
-    return detokenizer
+    if isinstance(req, ImageVariationForm):
+        return ImagesPlan(spec, req.model or routing.variations)
+    if isinstance(req, ImageEditForm):
+        model = req.model or routing.edits
+        detokenizer = _detokenizer(gateway, model, conditioned=True)
+        return ImagesPlan(spec, detokenizer, model, "edit", req.prompt, req.image_guidance_scale)
+    model = req.model or routing.generations
+    detokenizer = _detokenizer(gateway, model, conditioned=False)
+    return ImagesPlan(spec, detokenizer, model, "generate", req.prompt)
+
+
+def _detokenizer(gateway: Gateway, model: str, *, conditioned: bool) -> str:
+    return gateway.directory.detokenizer_for(model, conditioned=conditioned)
 
 
 async def _admit(
@@ -110,7 +121,7 @@ def _llm_job(
     scope: RequestScope,
     model: str,
     task: Literal["generate", "edit"],
-    content: tuple[Any, ...],
+    content: tuple[wire.ImagePart | wire.TextPart, ...],
 ) -> wire.ChatJob:
     return wire.ChatJob(
         **scope.envelope(),
@@ -124,85 +135,47 @@ def _llm_job(
     )
 
 
-async def generate(
-    gateway: Gateway, req: ImageGenerateRequest, request_id: str
+async def run(
+    gateway: Gateway, plan: ImagesPlan, req: ImagesRequest, request_id: str
 ) -> AsyncIterator[Accepted | Output]:
-    """``POST /v1/images/generations``."""
-    spec = _spec(gateway, req, req.partial_images if req.stream else 0)
-    model = req.model or gateway.settings.models.generations
-    detokenizer = _detokenizer(gateway, model, conditioned=False)
-    demand = {StageModel("llm", model): 1, StageModel("diffusion", detokenizer): req.n}
+    """Admit, store the source image, queue the jobs; yield :class:`Accepted`, then outputs.
+
+    One path for the three endpoints: the ``n`` images are the ``n`` diffusion jobs of
+    :func:`server.orchestrate.diffusion_job`, rendering the LLM's embedding (generations,
+    edits) or the source image alone (variations).
+    """
+    demand = {StageModel("diffusion", plan.detokenizer): req.n}
+    if plan.llm is not None:
+        demand = {StageModel("llm", plan.llm): 1, **demand}
     async with await _admit(gateway, demand, request_id) as scope:
-        job = _llm_job(gateway, scope, model, "generate", (wire.TextPart(text=req.prompt),))
+        upload = req.source()
+        source = None if upload is None else await _upload(gateway, scope, upload)
+        source_ref = None if source is None else source.image
 
-        def images(event: wire.EmbeddingReady) -> list[tuple[int, DiffusionJob]]:
-            if event.image_index or event.choice:
-                return []
-            fields = {**scope.envelope(), "model": detokenizer, "embedding": event.embedding}
-            return [
-                (k, wire.ImageGenerateJob(**fields, **spec.job_fields(k))) for k in range(req.n)
-            ]
-
-        outputs = await start_pipeline(scope, job, images)
-        yield Accepted(model)
-        async for output in outputs:
-            yield output
-
-
-async def edit(
-    gateway: Gateway, form: ImageEditForm, request_id: str
-) -> AsyncIterator[Accepted | Output]:
-    """``POST /v1/images/edits``."""
-    spec = _spec(gateway, form, form.partial_images if form.stream else 0)
-    model = form.model or gateway.settings.models.edits
-    detokenizer = _detokenizer(gateway, model, conditioned=True)
-    demand = {StageModel("llm", model): 1, StageModel("diffusion", detokenizer): form.n}
-    async with await _admit(gateway, demand, request_id) as scope:
-        source = await _upload(gateway, scope, form.images()[0])
-        content = (source, wire.TextPart(text=form.prompt))
-        job = _llm_job(gateway, scope, model, "edit", content)
-        extra = {}
-        if form.image_guidance_scale is not None:
-            extra["image_guidance_scale"] = form.image_guidance_scale
-
-        def images(event: wire.EmbeddingReady) -> list[tuple[int, DiffusionJob]]:
-            if event.image_index or event.choice:
-                return []
-            fields = {**scope.envelope(), "model": detokenizer, **extra}
-            return [
-                (
-                    k,
-                    wire.ImageEditJob(
-                        embedding=event.embedding,
-                        source=source.image,
-                        **fields,
-                        **spec.job_fields(k),
-                    ),
-                )
-                for k in range(form.n)
-            ]
-
-        outputs = await start_pipeline(scope, job, images)
-        yield Accepted(model)
-        async for output in outputs:
-            yield output
-
-
-async def vary(
-    gateway: Gateway, form: ImageVariationForm, request_id: str
-) -> AsyncIterator[Accepted | Output]:
-    """``POST /v1/images/variations``."""
-    spec = _spec(gateway, form)
-    model = form.model or gateway.settings.models.variations
-    async with await _admit(gateway, {StageModel("diffusion", model): form.n}, request_id) as scope:
-        source = await _upload(gateway, scope, form.image)
-        jobs = [
-            wire.ImageReconstructJob(
-                **scope.envelope(), model=model, source=source.image, **spec.job_fields(k)
+        def render(k: int, embedding: wire.BlobRef | None) -> DiffusionJob:
+            return diffusion_job(
+                scope,
+                plan.detokenizer,
+                plan.spec,
+                k,
+                embedding=embedding,
+                source=source_ref,
+                image_guidance_scale=plan.image_guidance_scale,
             )
-            for k in range(form.n)
-        ]
-        outputs = await start_images(scope, jobs)
-        yield Accepted(model)
+
+        if plan.llm is None:
+            outputs = await start_images(scope, [render(k, None) for k in range(req.n)])
+        else:
+            prompt = wire.TextPart(text=plan.prompt)
+            content = (prompt,) if source is None else (source, prompt)
+            job = _llm_job(gateway, scope, plan.llm, plan.task, content)
+
+            def images(event: wire.EmbeddingReady) -> list[tuple[int, DiffusionJob]]:
+                if event.image_index or event.choice:
+                    return []  # the template asks for one image: render the first, n times
+                return [(k, render(k, event.embedding)) for k in range(req.n)]
+
+            outputs = await start_pipeline(scope, job, images)
+        yield Accepted(plan.llm or plan.detokenizer)
         async for output in outputs:
             yield output

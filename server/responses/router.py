@@ -18,8 +18,9 @@ from server.responses.schema import ResponsesRequest
 from server.responses.service import prepare, run_response
 from server.responses.store import ResponseStore
 from server.sse import ClientDisconnected, EventStreamResponse, run_until_disconnect
+from server.unicode import UnicodeCheckedRoute
 
-router = APIRouter(tags=["responses"])
+router = APIRouter(tags=["responses"], route_class=UnicodeCheckedRoute)
 
 
 async def get_store(request: Request) -> ResponseStore:

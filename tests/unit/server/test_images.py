@@ -229,3 +229,33 @@ async def test_an_unknown_quality_is_refused(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/images/generations", json={"prompt": "x", "quality": "ultra"})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "quality"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("endpoint", ["generations", "edits", "variations"])
+async def test_n_images_are_n_jobs_with_their_own_ids(
+    client: httpx.AsyncClient, backend: FakeBackend, endpoint: str, stream: bool
+) -> None:
+    """Issue 21, item 1: n=2 generations and edits submitted two diffusion jobs under one
+    job_id (a 500 on the real reply reader); every endpoint now builds its images one way."""
+    if endpoint == "variations" and stream:
+        pytest.skip("variations have no stream")
+    backend.llm_images = 1
+    fields = {"n": "2", "size": "64x64"} | ({"stream": "true"} if stream else {})
+    if endpoint == "generations":
+        response = await client.post(
+            "/v1/images/generations", json={"prompt": "a cube", **fields, "stream": stream}
+        )
+    else:
+        data = fields | ({"prompt": "make it blue"} if endpoint == "edits" else {})
+        response = await client.post(
+            f"/v1/images/{endpoint}", data=data, files={"image": ("a.png", png_bytes())}
+        )
+    assert response.status_code == 200, response.text
+    if stream:
+        assert response.text.count('.completed"') == 2, response.text
+    else:
+        assert len(response.json()["data"]) == 2
+    kinds = {"generations": "image.generate", "edits": "image.edit"}
+    jobs = backend.jobs_of(kinds.get(endpoint, "image.reconstruct"))
+    assert len({job.job_id for job in jobs}) == len(jobs) == 2
