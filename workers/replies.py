@@ -27,12 +27,17 @@ from workers import keys
 from workers.connection import CONNECTION_ERRORS, Backoff, sleep_until, stop_task
 from workers.errors import DeadlineExceeded, TransportError, Unavailable
 from workers.protocol import (
+    Boxes,
+    EmbeddingReady,
     ErrorPayload,
     Event,
     Failed,
+    ImageReady,
+    PartialImage,
     Reply,
-    Started,
+    TextDelta,
     Undecodable,
+    Usage,
     encode,
     parse_reply,
 )
@@ -186,14 +191,50 @@ class ReplyWriter:
         )
 
 
+class _AttemptCursor:
+    """How far one attempt's own output has got (per choice), from its events in ``seq`` order."""
+
+    __slots__ = ("boxes", "chars", "next_seq", "tokens")
+
+    def __init__(self) -> None:
+        self.next_seq = 0
+        self.chars: dict[int, int] = {}  # text characters, per choice
+        self.tokens: dict[int, int] = {}  # logprob entries, per choice
+        self.boxes: dict[int, int] = {}  # boxes, per choice
+
+
+class _Delivered:
+    """What the waiter already received, as positions in the output (per choice)."""
+
+    def __init__(self) -> None:
+        self.text: dict[int, list[str]] = {}  # the pieces, to check a replay's overlap
+        self.chars: dict[int, int] = {}
+        self.tokens: dict[int, int] = {}
+        self.boxes: dict[int, int] = {}
+        self.once: set[tuple[str | int, ...]] = set()  # events delivered once: see _identity
+        self.diverged = False
+
+
 class Subscription:
     """The events of one job, deduplicated, as an async iterator of Reply.
 
-    Iteration stops after the terminal event (``Done``/``Failed``). Replays are dropped: when a
-    job is reclaimed after a worker died, the new attempt re-emits from ``seq`` 0 and events up
-    to the highest ``seq`` already delivered are skipped (the gateway sets a seed, so the replay
-    is the same stream); events of an older attempt arriving late are skipped too. Each attempt's
-    ``Started`` is delivered, so the caller can see that a retry happened.
+    Iteration stops after the terminal event (``Done``/``Failed``). When a job is reclaimed after
+    a worker died, the new attempt generates the answer again from its start (the gateway sets
+    a seed, so it is the same answer), but splits it into events differently: a worker's event
+    boundaries depend on timing (vLLM merges the tokens of several steps when its consumer lags;
+    text held back for a stop string or an unfinished character is released at different
+    points; the choices of ``n > 1`` interleave in any order). So a replay is deduplicated by
+    *position in the output*, never by event count: each event's position is where its attempt
+    had got to before it (text characters, logprob entries and boxes of its choice), counted
+    from the attempt's own events, which reach the reader complete and in ``seq`` order; only
+    the part past what the waiter already received is delivered (a text delta may be cut).
+    Images count by their indices (``EmbeddingReady``: choice and image_index; diffusion
+    previews: partial_index), ``Usage`` is delivered once. Every attempt is a source of the
+    same answer, so a late event of an older attempt (a worker that lost its lease but lives
+    on) is welcome too. An event appended twice (a retried write) repeats its ``seq`` and is
+    dropped. Each attempt's ``Started`` is delivered, so the caller can see that a retry
+    happened. A replay whose overlapping text differs from what was delivered (a
+    nondeterministic rerun) is logged: what the client has cannot be taken back.
     """
 
     def __init__(self, reader: ReplyReader, job_id: str, deadline: float, grace_s: float) -> None:
@@ -201,28 +242,101 @@ class Subscription:
         self._reader = reader
         self._give_up_at = deadline + grace_s
         self._queue: asyncio.Queue[Reply | TransportError] = asyncio.Queue()
-        self._attempt = 0
-        self._high_seq = -1
+        self._attempts: dict[int, _AttemptCursor] = {}
+        self._delivered = _Delivered()
         self._closed_for_input = False
         self._finished = False
 
     def offer(self, reply: Reply) -> bool:
-        """Called by the reader: queue ``reply`` unless it is a replay; True if terminal."""
+        """Called by the reader: queue what ``reply`` adds to the answer; True if terminal."""
         if self._closed_for_input:
             return False
         if reply.is_terminal:
             self._closed_for_input = True
             self._queue.put_nowait(reply)
             return True
-        if reply.attempt < self._attempt:
-            return False
-        self._attempt = reply.attempt
-        if isinstance(reply.event, Started):
-            self._queue.put_nowait(reply)
-        elif reply.seq > self._high_seq:
-            self._high_seq = reply.seq
-            self._queue.put_nowait(reply)
+        cursor = self._attempts.setdefault(reply.attempt, _AttemptCursor())
+        if reply.seq < cursor.next_seq:
+            return False  # appended twice
+        if reply.seq > cursor.next_seq:
+            logger.warning(
+                "job %s attempt %d: events %d..%d never arrived; its replay may be misplaced",
+                self.job_id, reply.attempt, cursor.next_seq, reply.seq - 1,
+            )  # fmt: skip
+        cursor.next_seq = reply.seq + 1
+        news = self._news(cursor, reply)
+        if news is not None:
+            self._queue.put_nowait(news)
         return False
+
+    def _news(self, cursor: _AttemptCursor, reply: Reply) -> Reply | None:
+        """``reply`` cut to what it adds past the delivered positions (None: nothing)."""
+        event = reply.event
+        if isinstance(event, TextDelta):
+            return self._text_news(cursor, reply, event)
+        if isinstance(event, Boxes):
+            return self._boxes_news(cursor, reply, event)
+        identity = _identity(event)
+        if identity is None:
+            return reply  # Started (each attempt's), and any event without a position
+        if identity in self._delivered.once:
+            return None
+        self._delivered.once.add(identity)
+        return reply
+
+    def _boxes_news(self, cursor: _AttemptCursor, reply: Reply, event: Boxes) -> Reply | None:
+        at = cursor.boxes.get(event.choice, 0)
+        cursor.boxes[event.choice] = end = at + len(event.boxes)
+        done = self._delivered.boxes.get(event.choice, 0)
+        if end <= done:
+            return None
+        self._delivered.boxes[event.choice] = end
+        if at >= done:
+            return reply
+        return _replaced(reply, event.model_copy(update={"boxes": event.boxes[done - at :]}))
+
+    def _text_news(self, cursor: _AttemptCursor, reply: Reply, event: TextDelta) -> Reply | None:
+        seen, choice = self._delivered, event.choice
+        text, logprobs = event.text, event.logprobs
+        at = cursor.chars.get(choice, 0)
+        cursor.chars[choice] = end = at + len(text)
+        done = seen.chars.get(choice, 0)
+        cut = at < done
+        if cut:  # a replay: drop what the waiter has, after checking it is the same
+            self._check_overlap(choice, at, text[: done - at])
+            text = text[done - at :]
+        if text:
+            seen.chars[choice] = end
+            seen.text.setdefault(choice, []).append(text)
+        if logprobs is not None:
+            at = cursor.tokens.get(choice, 0)
+            cursor.tokens[choice] = end = at + len(logprobs)
+            done = seen.tokens.get(choice, 0)
+            if at < done:
+                cut, logprobs = True, logprobs[done - at :]
+            seen.tokens[choice] = max(done, end)
+        if not cut:
+            return reply
+        if not text and not logprobs:
+            return None
+        return _replaced(reply, event.model_copy(update={"text": text, "logprobs": logprobs}))
+
+    def _check_overlap(self, choice: int, at: int, replayed: str) -> None:
+        seen = self._delivered
+        if seen.diverged:
+            return
+        pieces = seen.text.get(choice, [])
+        if len(pieces) > 1:
+            pieces[:] = ["".join(pieces)]
+        delivered = pieces[0][at : at + len(replayed)] if pieces else ""
+        if delivered != replayed:
+            seen.diverged = True
+            logger.warning(
+                "job %s: a reclaimed attempt's answer differs from what was delivered at "
+                "character %d of choice %d (a nondeterministic rerun); the answer continues "
+                "from the new attempt",
+                self.job_id, at, choice,
+            )  # fmt: skip
 
     def abort(self, error: TransportError) -> None:
         """Called by the reader: end the iteration with ``error`` (unless already finished)."""
@@ -279,6 +393,24 @@ class Subscription:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _identity(event: Event) -> tuple[str | int, ...] | None:
+    """What makes an event that is delivered once what it is (None: no such event)."""
+    if isinstance(event, EmbeddingReady):
+        return ("embedding", event.choice, event.image_index)
+    if isinstance(event, PartialImage):
+        return ("partial", event.image_index, event.partial_index)
+    if isinstance(event, ImageReady):
+        return ("image", event.image_index)
+    if isinstance(event, Usage):
+        return ("usage",)
+    return None
+
+
+def _replaced(reply: Reply, event: Event) -> Reply:
+    """``reply`` carrying ``event`` instead of its own (a replayed event, cut)."""
+    return reply.model_copy(update={"event": event})
 
 
 class ReplyReader:

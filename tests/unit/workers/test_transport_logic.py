@@ -104,6 +104,7 @@ def _reply(attempt: int, seq: int, event: object) -> Reply:
 
 
 async def test_replay_of_a_reclaimed_job_is_dropped() -> None:
+    """By position in the answer (tests/unit/workers/test_resume.py has the cases)."""
     reader = _reader()
     sub = reader.subscribe("j", deadline=1e12)
     started1 = _reply(1, 0, Started(worker_id="w1", queue_wait_s=0))
@@ -112,9 +113,10 @@ async def test_replay_of_a_reclaimed_job_is_dropped() -> None:
         _reply(1, 1, TextDelta(text="a")),
         _reply(2, 0, Started(worker_id="w2", queue_wait_s=0)),
         _reply(2, 1, TextDelta(text="a")),  # replay: dropped
-        _reply(1, 2, TextDelta(text="late zombie")),  # older attempt: dropped
-        _reply(2, 2, TextDelta(text="b")),
-        _reply(2, 3, Done()),
+        _reply(1, 2, TextDelta(text="b")),  # the older attempt lives on: it adds "b"
+        _reply(2, 2, TextDelta(text="b")),  # replay: dropped
+        _reply(2, 3, TextDelta(text="c")),
+        _reply(2, 4, Done()),
         _reply(1, 3, Done()),  # second terminal: dropped
     ]
     for reply in stream:
@@ -124,8 +126,9 @@ async def test_replay_of_a_reclaimed_job_is_dropped() -> None:
         (1, 0, "started"),
         (1, 1, "text.delta"),
         (2, 0, "started"),
-        (2, 2, "text.delta"),
-        (2, 3, "done"),
+        (1, 2, "text.delta"),
+        (2, 3, "text.delta"),
+        (2, 4, "done"),
     ]
 
 
