@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -107,9 +108,12 @@ class SeedXReference:
         out = self.llm.model(inputs_embeds=embeds, use_cache=True, **{self._cache_kwarg: cache})
         return out.last_hidden_state[0]  # type: ignore[no-any-return]
 
-    def _next_token(self, hidden: torch.Tensor) -> int:
+    def _next_token(self, hidden: torch.Tensor, image_pending: bool = False) -> int:
+        """The greedy token; ``image_pending`` (an image is required and none made yet) masks
+        the 64 queries and ``</img>`` outright: a block they open yields no image and would
+        spend the tokens kept for the required one (issue 21, item 6)."""
         logits = self.llm.lm_head(hidden)
-        logits[self.image_ids[1:]] = self.suppress_value
+        logits[self.image_ids[1:]] = -math.inf if image_pending else self.suppress_value
         return int(torch.argmax(logits))
 
     def _forced_block(
@@ -168,10 +172,11 @@ class SeedXReference:
                     result.images.append(GeneratedImage(rows, embedding, opened_at))
                 last = forced[-1]
                 continue
-            token = self._next_token(hidden)
+            image_pending = force_image_after is not None and not result.images
+            token = self._next_token(hidden, image_pending)
             if (
                 force_image_after is not None
-                and not result.images
+                and image_pending
                 and (token == self.tokenizer.eos_id or len(result.output_ids) >= force_image_after)
             ):
                 token = self.image_ids[0]

@@ -19,6 +19,9 @@ from server.published import CONTENT_TYPES, ImagePublisher
 from server.settings import Bounds
 
 SIZE_MULTIPLE = 64  # engine.sampling.SIZE_MULTIPLE (the gateway does not import torch)
+IMAGE_BLOCK_TOKENS = 66
+"""``engine.arch.IMAGE_BLOCK_TOKENS``: ``<img>``, 64 queries, ``</img>``; an answer that must
+hold an image needs at least this many tokens (a test holds the two equal)."""
 
 ResponseFormat = Literal["b64_json", "url"]
 OutputFormat = Literal["png", "jpeg", "webp"]

@@ -12,11 +12,12 @@ the next request (one prefill pass). So at every position this processor sees, t
   deviation the worker can opt into.
 * **Image required** (``force_after``, our extension, as ``engine.reference.generate``'s
   ``force_image_after``): a request that must return an image gets ``<img>`` once its output
-  holds ``force_after`` tokens, and its EOS turns into ``<img>``. For greedy requests this is
-  the reference's rule exactly (the argmax EOS is replaced by ``<img>``). For sampled requests
-  EOS's probability mass moves to ``<img>`` (``logaddexp`` of the two logits), the distributional
-  form of "the sampled EOS becomes ``<img>``" (at temperature 1; it is applied before
-  temperature scaling, like every non-argmax-invariant vLLM processor).
+  holds ``force_after`` tokens, and its EOS turns into ``<img>``; the queries and ``</img>``
+  are masked until then (a block they open can never be the required image). For greedy
+  requests this is the reference's rule exactly (the argmax EOS is replaced by ``<img>``). For
+  sampled requests EOS's probability mass moves to ``<img>`` (``logaddexp`` of the two
+  logits), the distributional form of "the sampled EOS becomes ``<img>``" (at temperature 1;
+  it is applied before temperature scaling, like every non-argmax-invariant vLLM processor).
 
 **No images** (``no_images``): every image-block token is masked, so the answer stays one vLLM
 request. A grammar-constrained answer (JSON) needs it: the grammar's state lives in one request,
@@ -135,7 +136,12 @@ class SeedXImageTokenRules(LogitsProcessor):
         return logits
 
     def _force_image(self, row: torch.Tensor, rule: _RowRules) -> None:
+        """The image-required rule. Until the image opens, the 64 queries and ``</img>`` are
+        masked outright (whatever ``suppress`` says): a block a query token opens yields no
+        image and spends the tokens kept for the required one (issue 21, item 6: sampled
+        choices of ``n=2`` came back without the image they required)."""
         assert rule.force_after is not None
+        row[self.suppressed] = -math.inf
         if len(rule.output_ids) >= rule.force_after:
             row.fill_(-math.inf)
             row[self.boi] = 0.0

@@ -46,7 +46,7 @@ from server.orchestrate import (
     diffusion_job,
     start_pipeline,
 )
-from server.rendering import ImageSpec
+from server.rendering import IMAGE_BLOCK_TOKENS, ImageSpec
 from server.state import Gateway
 from workers import protocol as wire
 
@@ -113,12 +113,25 @@ def _plan(gateway: Gateway, req: ChatCompletionRequest, partial_images: int = 0)
         structured=_structured(req.response_format),
     )
     model = req.model or gateway.settings.models.chat
+    o = req.image_options or ChatImageOptions()
+    if o.require and not req.wants_images:
+        raise InvalidRequest(
+            'image_options.require needs modalities ["text", "image"]: the answer may not '
+            "hold images otherwise",
+            param="image_options.require",
+        )
+    if o.require and max_tokens < IMAGE_BLOCK_TOKENS:
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        raise InvalidRequest(
+            f"{param} must be at least {IMAGE_BLOCK_TOKENS} when an image is required "
+            f"(an image takes {IMAGE_BLOCK_TOKENS} tokens)",
+            param=param,
+        )
     if not req.wants_images:
         return _Plan(model, sampling, None, None, False)
     detokenizer = gateway.settings.models.detokenizers.get(model)
     if detokenizer is None:
         raise InvalidRequest(f"model {model!r} cannot answer with images", param="modalities")
-    o = req.image_options or ChatImageOptions()
     spec = ImageSpec.build(
         bounds,
         size=o.size,

@@ -11,6 +11,7 @@ request's own field. :func:`remember` stores the finished response when ``store`
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,11 @@ async def prepare(gateway: Gateway, store: ResponseStore, req: ResponsesRequest)
 
 
 def _renamed(exc: TransportError, translation: Translation) -> TransportError:
-    exc.param = translation.param_of(exc.param)
+    """``exc`` naming this request's parameter, in ``param`` and in its message alike."""
+    renamed = translation.param_of(exc.param)
+    if exc.param and renamed and renamed != exc.param:
+        exc.message = re.sub(rf"(?<![\w.\[]){re.escape(exc.param)}(?![\w\[])", renamed, exc.message)
+    exc.param = renamed
     return exc
 
 

@@ -1,0 +1,76 @@
+"""Issue 21, items 6-7: what cannot be honoured is a 400 naming the parameter, before the first
+byte, streamed or not: ``image_options.require`` without the image modality (it was silently
+ignored), and a token budget that cannot hold the required image (streams got 200 and then an
+error frame; the Responses error named ``max_tokens`` while its ``param`` said
+``max_output_tokens``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from server.rendering import IMAGE_BLOCK_TOKENS
+
+USER = [{"role": "user", "content": "draw a cube"}]
+
+
+def test_the_gateway_knows_the_image_block_length() -> None:
+    from engine.arch import IMAGE_BLOCK_TOKENS as ENGINE_BLOCK
+
+    assert IMAGE_BLOCK_TOKENS == ENGINE_BLOCK
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"image_options": {"require": True}}, "image_options.require", "modalities"),
+        (
+            {"image_options": {"require": True}, "modalities": ["text", "image"], "max_tokens": 10},
+            "max_tokens",
+            "max_tokens must be at least 66",
+        ),
+        (
+            {
+                "image_options": {"require": True},
+                "modalities": ["text", "image"],
+                "max_completion_tokens": 65,
+            },
+            "max_completion_tokens",
+            "max_completion_tokens must be at least 66",
+        ),
+    ],
+)
+async def test_chat_refuses_before_the_first_byte(
+    client: httpx.AsyncClient, body: dict[str, Any], param: str, words: str, stream: bool
+) -> None:
+    response = await client.post(
+        "/v1/chat/completions", json={"messages": USER, "stream": stream, **body}
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert words in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_name_max_output_tokens_in_param_and_message(
+    client: httpx.AsyncClient, stream: bool
+) -> None:
+    response = await client.post(
+        "/v1/responses",
+        json={
+            "input": "draw a cube",
+            "stream": stream,
+            "max_output_tokens": 20,
+            "tools": [{"type": "image_generation"}],
+            "tool_choice": "required",
+        },
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "max_output_tokens"
+    assert error["message"].startswith("max_output_tokens must be at least 66"), error
