@@ -29,6 +29,7 @@ from server.limits import BodyLimitMiddleware
 from server.metrics import MetricsMiddleware
 from server.models.router import router as models_router
 from server.playground import mount_playground, playground_paths
+from server.published import is_content_path
 from server.responses.router import router as responses_router
 from server.responses.store import ResponseStore, store_for
 from server.settings import GatewaySettings
@@ -86,7 +87,10 @@ def create_app(
         timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(
-        APIKeyMiddleware, checker=KeyChecker(settings.load_api_keys()), open_paths=open_paths
+        APIKeyMiddleware,
+        checker=KeyChecker(settings.load_api_keys()),
+        open_paths=open_paths,
+        is_open=is_content_path,
     )
     if settings.cors_origins:
         app.add_middleware(

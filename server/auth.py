@@ -1,4 +1,5 @@
-"""API keys: ``Authorization: Bearer <key>`` on every route but the health routes.
+"""API keys: ``Authorization: Bearer <key>`` on every route but the health routes and the
+signed image content URLs (their signed id is the capability: ``server.published``).
 
 Checked in an ASGI middleware, before the body is read or parsed: an unauthenticated client
 cannot make the gateway spend memory on its upload or learn anything from validation errors.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -58,16 +60,24 @@ def bearer_token(scope: Scope) -> str | None:
 class APIKeyMiddleware:
     """Answers 401 (OpenAI body) unless the request carries an accepted key."""
 
-    def __init__(self, app: ASGIApp, checker: KeyChecker, open_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        checker: KeyChecker,
+        open_paths: frozenset[str],
+        is_open: Callable[[str], bool] = lambda path: False,
+    ) -> None:
         self.app = app
         self.checker = checker
         self.open_paths = open_paths
+        self.is_open = is_open  # paths that carry their own capability (signed image URLs)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
             or not self.checker.enabled
             or scope["path"] in self.open_paths
+            or self.is_open(scope["path"])
             or scope["method"] == "OPTIONS"  # CORS preflight carries no credentials
         ):
             await self.app(scope, receive, send)

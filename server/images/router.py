@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Request, Response
@@ -108,10 +109,12 @@ async def create_variation(
 async def image_content(
     image_id: Annotated[str, Path(max_length=128)], gateway: GatewayDep
 ) -> Response:
-    """The image of a ``response_format=url`` answer, until it expires."""
+    """The image of a ``response_format=url`` answer, until it expires; no API key needed: the
+    signed id is the capability (``server.published``)."""
     image = await gateway.publisher.read(image_id)
+    left_s = max(0, image.expires_at - int(time.time()))
     return Response(
         image.data,
         media_type=image.content_type,
-        headers={"Cache-Control": "private, max-age=3600"},
+        headers={"Cache-Control": f"private, max-age={left_s}, immutable"},
     )

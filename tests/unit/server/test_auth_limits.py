@@ -20,7 +20,6 @@ ROUTES = [
     ("POST", "/v1/images/generations"),
     ("POST", "/v1/images/edits"),
     ("POST", "/v1/images/variations"),
-    ("GET", "/v1/images/abc/content"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/seed-x-i"),
     ("GET", "/metrics"),
@@ -50,6 +49,19 @@ async def test_every_route_refuses_without_a_valid_key(
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert response.json()["error"]["type"] == "authentication_error"
     assert API_KEY not in response.text
+
+
+@pytest.mark.parametrize("image_id", ["abc", "0" * 32 + ".png.9999999999." + "0" * 32])
+async def test_image_content_without_a_key_serves_signed_ids_only(
+    app: FastAPI, image_id: str
+) -> None:
+    """A signed content URL is its own capability (issue 21, item 8): without a key, an id
+    this gateway did not sign is a 404, and nothing but the content route opens."""
+    async with anonymous(app) as client:
+        response = await client.get(f"/v1/images/{image_id}/content")
+        assert response.status_code == 404
+        for path in (f"/v1/images/{image_id}/contents", f"/v1/x/images/{image_id}/content"):
+            assert (await client.get(path)).status_code == 401
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import httpx
 import openai
@@ -50,6 +51,25 @@ async def test_generate_fans_out_one_llm_pass_to_n_images(
     ]
 
 
+async def test_a_signed_url_past_its_expiry_is_gone(
+    oai: openai.AsyncOpenAI,
+    client: httpx.AsyncClient,
+    backend: FakeBackend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import server.published
+
+    backend.llm_images = 1
+    result = await oai.images.generate(prompt="x", response_format="url")
+    assert result.data is not None
+    assert result.data[0].url is not None
+    later = time.time() + 3601
+    monkeypatch.setattr(server.published.time, "time", lambda: later)
+    response = await client.get(result.data[0].url)
+    assert response.status_code == 404
+    assert "expired" in response.json()["error"]["message"]
+
+
 async def test_generate_url_response_is_served_until_it_expires(
     oai: openai.AsyncOpenAI, client: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
@@ -58,10 +78,21 @@ async def test_generate_url_response_is_served_until_it_expires(
     assert result.data is not None
     url = result.data[0].url
     assert url is not None
-    response = await client.get(url)
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(response.content)).size == (64, 64)
+    # Issue 21, item 8: the signed URL is the capability, as OpenAI's are: no API key needed
+    # (an <img> tag or another service can load it), cacheable for the lifetime it has left.
+    async with httpx.AsyncClient(transport=client._transport, base_url=client.base_url) as bare:
+        response = await bare.get(url)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(response.content)).size == (64, 64)
+        cache = response.headers["cache-control"]
+        assert cache.startswith("private, max-age=")
+        max_age = int(cache.split("max-age=")[1].split(",")[0])
+        assert 3500 <= max_age <= 3600, cache  # image_url_ttl_s (1 h) less the seconds gone
+        forged = url.replace("/content", "").rsplit(".", 1)[0] + "." + "0" * 32 + "/content"
+        assert (await bare.get(forged)).status_code == 404  # no key and no valid signature
+        other = await bare.get("/v1/models")
+        assert other.status_code == 401  # every other route still needs the key
     backend.blobs.data.clear()  # the TTL passed
     expired = await client.get(url)
     assert expired.status_code == 404
@@ -71,7 +102,8 @@ async def test_generate_url_response_is_served_until_it_expires(
 @pytest.mark.parametrize(
     "image_id",
     [
-        "0" * 32 + ".png." + "0" * 32,  # forged signature
+        "0" * 32 + ".png." + "0" * 32,  # the old unexpiring form
+        "0" * 32 + ".png.9999999999." + "0" * 32,  # forged signature
         "seedx:blob:abc",
         "..%2F..%2Fetc",
     ],
