@@ -143,6 +143,11 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
     if not errors:
         return InvalidRequest("invalid request")
     first = errors[0]
+    if tuple(first.get("loc", ())) == ("body",) and isinstance(exc.body, bytes | str):
+        # The body arrived but not as JSON (curl -d without a Content-Type sends a form).
+        return InvalidRequest(
+            "the request body must be a JSON object sent with Content-Type: application/json"
+        )
     body = exc.body if isinstance(exc.body, dict | list) else None
     param = validation_param(first.get("loc", ()), body)
     message = str(first.get("msg", "invalid value"))

@@ -127,6 +127,9 @@ class MetricsMiddleware:
                 REQUESTS.labels(route, str(status)).inc()
                 LATENCY.labels(route).observe(elapsed)
                 if route not in _QUIET_ROUTES:
+                    # The metric label stays bounded ("other"); the log line names the path a
+                    # client actually asked for, which is what an operator reading a 404 needs.
+                    where = route if route != "other" else scope.get("path", route)[:256]
                     logger.info(
-                        "%s %s -> %d in %.1f ms", scope["method"], route, status, elapsed * 1000
+                        "%s %s -> %d in %.1f ms", scope["method"], where, status, elapsed * 1000
                     )

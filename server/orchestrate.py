@@ -118,6 +118,7 @@ class TokenUsage:
 
     prompt_tokens: int
     completion_tokens: int
+    image_tokens: int = 0  # of prompt_tokens, those the input images fill
 
 
 @dataclass
@@ -126,6 +127,7 @@ class Finished:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    image_tokens: int = 0
     images: int = 0
     finish_reasons: tuple[FinishReason, ...] = ()
 
@@ -234,7 +236,10 @@ async def start_pipeline(
             elif isinstance(event, Usage):
                 totals.prompt_tokens += event.prompt_tokens
                 totals.completion_tokens += event.completion_tokens
-                merge.queue.put_nowait(TokenUsage(totals.prompt_tokens, totals.completion_tokens))
+                totals.image_tokens += event.prompt_image_tokens or 0
+                merge.queue.put_nowait(
+                    TokenUsage(totals.prompt_tokens, totals.completion_tokens, totals.image_tokens)
+                )
             elif isinstance(event, Done):
                 totals.finish_reasons = event.finish_reasons
 

@@ -415,6 +415,8 @@ class Usage(_Part):
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
     images: int = Field(default=0, ge=0)
+    # Added compatibly in v1, left out while unset: of prompt_tokens, those input images fill.
+    prompt_image_tokens: int | None = Field(default=None, ge=0, exclude_if=_unset)
 
 
 class Done(_Part):

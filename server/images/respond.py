@@ -44,7 +44,10 @@ class ImagesContext:
 def _usage(totals: Finished | TokenUsage) -> dict[str, Any]:
     return {
         "input_tokens": totals.prompt_tokens,
-        "input_tokens_details": {"text_tokens": totals.prompt_tokens, "image_tokens": 0},
+        "input_tokens_details": {
+            "text_tokens": totals.prompt_tokens - totals.image_tokens,
+            "image_tokens": totals.image_tokens,
+        },
         "output_tokens": totals.completion_tokens,
         "total_tokens": totals.prompt_tokens + totals.completion_tokens,
     }

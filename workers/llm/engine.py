@@ -246,7 +246,7 @@ class SeedXLLMEngine:
                 elif isinstance(item, ImageEmbedding):
                     images_out += 1
                 yield item
-            yield Usage(len(request.prompt_ids), completion, images_out)
+            yield Usage.of(request, completion, images_out)
         finally:
             for task in tasks:
                 task.cancel()

@@ -213,3 +213,4 @@ class LLMJobHandler:
                 images=event.images if job.allow_image_output else 0,
             )
         return None
+                prompt_image_tokens=event.image_tokens or None,

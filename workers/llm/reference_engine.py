@@ -148,7 +148,7 @@ class ReferenceLLMEngine:
         reason = "abort" if request.request_id in self._cancelled else generation.finish_reason
         self._cancelled.discard(request.request_id)
         yield ChoiceFinished(0, reason, tuple(generation.output_ids), text.text)
-        yield Usage(len(request.prompt_ids), len(generation.output_ids), len(generation.images))
+        yield Usage.of(request, len(generation.output_ids), len(generation.images))
 
     async def abort(self, request_id: str) -> None:
         """Marks ``request_id`` cancelled: a waiting one never starts; a running one finishes

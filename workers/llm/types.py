@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from engine.anyres import GlobalViewImage
+from engine.arch import NUM_QUERY_TOKENS
 from engine.boxes import Box
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -131,6 +132,13 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     images: int
+    image_tokens: int = 0  # prompt tokens the input images fill (64 queries per tile or view)
+
+    @classmethod
+    def of(cls, request: LLMRequest, completion_tokens: int, images: int) -> Usage:
+        """The usage of ``request``: its prompt, of which its images' query tokens, and output."""
+        image_tokens = NUM_QUERY_TOKENS * len(request.images)
+        return cls(len(request.prompt_ids), completion_tokens, images, image_tokens)
 
 
 Event = TextDelta | BoxesFound | ImageEmbedding | ChoiceFinished | Usage

@@ -74,3 +74,27 @@ async def test_responses_name_max_output_tokens_in_param_and_message(
     error = response.json()["error"]
     assert error["param"] == "max_output_tokens"
     assert error["message"].startswith("max_output_tokens must be at least 66"), error
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_a_body_that_is_not_json_says_so(
+    client: httpx.AsyncClient, content_type: str
+) -> None:
+    """Issue 21, item 9: ``curl -d`` without a Content-Type got "Input should be a valid
+    dictionary" with no hint of what to change."""
+    response = await client.post(
+        "/v1/chat/completions",
+        content=b'{"messages": [{"role": "user", "content": "hi"}]}',
+        headers={"Content-Type": content_type},
+    )
+    assert response.status_code == 400
+    assert "Content-Type: application/json" in response.json()["error"]["message"]
+
+
+async def test_an_unknown_path_is_logged_with_its_path(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="server.metrics"):
+        response = await client.get("/v1/nowhere/at-all")
+    assert response.status_code == 404
+    assert any("GET /v1/nowhere/at-all -> 404" in r.getMessage() for r in caplog.records)

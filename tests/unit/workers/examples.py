@@ -183,6 +183,9 @@ EVENTS = {
         seed=42,
     ),
     "usage": Usage(type="usage", prompt_tokens=120, completion_tokens=33, images=1),
+    "usage_image_tokens": Usage(  # prompt_image_tokens: added in v1 (issue 21), absent if unset
+        type="usage", prompt_tokens=180, completion_tokens=70, images=1, prompt_image_tokens=64
+    ),
     "done": Done(type="done", finish_reasons=("stop", "length")),
     "failed": Failed(
         type="failed",
