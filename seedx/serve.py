@@ -77,6 +77,9 @@ def build_specs(
         "SEEDX_GATEWAY_PORT": str(args.port),
         "SEEDX_GATEWAY_REDIS__URL": redis_url,
     }
+    if "SEEDX_GATEWAY_MODELS__READINESS" not in os.environ:
+        # /readyz is 503 while a model started here has no live worker (loading, restarting)
+        gateway_env["SEEDX_GATEWAY_MODELS__READINESS"] = json.dumps([*models, *stages])
     if args.api_key:
         gateway_env["SEEDX_GATEWAY_API_KEYS"] = json.dumps(args.api_key)
     else:
@@ -116,8 +119,9 @@ async def wait_ready(
 ) -> None:
     """Polls until every served model has a live worker, then says so once.
 
-    ``/readyz`` alone is not enough: it needs one live worker per *stage*, so with two LLMs it
-    turns 200 as soon as the first one is up; ``/v1/models`` lists each model with live workers.
+    ``/readyz`` waits for each model started here (``SEEDX_GATEWAY_MODELS__READINESS``), unless
+    the environment names other models; ``/v1/models``, which lists each model with live
+    workers, is checked too.
     """
     wanted = {name.split(":", 1)[1] for name in names if ":" in name}
     started = time.monotonic()

@@ -1,11 +1,13 @@
 """Which models are served (live heartbeats), and admission control per stage.
 
 Both run before the gateway touches a request's images: a request for a model the gateway does
-not serve is a 404, but one for a model that had a live worker in the last few minutes is a 503
-(its workers are restarting, or a restarted Redis lost their heartbeats: retry, not "no such
-model"); one whose queue is full a 429 with ``Retry-After``; one that arrives while Redis is
-unreachable a 503 — all without decoding, fetching or storing anything (issue 9's "images
-decoded for rejected requests: 0").
+not know is a 404; one for a known model (named by the routing, or served by a live worker in
+the last few minutes) on an endpoint it does not serve a 400 naming the endpoints that do; one
+for a known model with no live worker a 503 with ``Retry-After`` (it is loading, its workers are
+restarting, or a restarted Redis lost their heartbeats: retry, not "no such model"; see
+:mod:`server.catalog`); one whose queue is full a 429 with ``Retry-After``; one that arrives
+while Redis is unreachable a 503 — all without decoding, fetching or storing anything (issue
+9's "images decoded for rejected requests: 0").
 
 Reads are cached for a short, configured time (``admission.directory_ttl_s``,
 ``admission.stats_ttl_s``) so a burst does not turn into one Redis round trip per request per
@@ -36,11 +38,22 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from server.backend import Backend
-from server.errors import ModelNotFound
-from server.settings import Admission
+from server.catalog import (
+    Endpoint,
+    ModelState,
+    Route,
+    StageModel,
+    configured_models,
+    configured_stages,
+    endpoints_of,
+    route,
+)
+from server.settings import Admission, ModelRouting
 from workers import keys
 from workers.errors import Overloaded, Unavailable
 from workers.protocol import WorkerInfo
+
+__all__ = ["AdmissionControl", "ModelDirectory", "Reservation", "StageModel"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,22 +121,16 @@ def outdated(read_at: float, asked: float, ttl_s: float) -> bool:
 
 
 RECENTLY_SERVED_S = 300.0
-"""A model whose last worker vanished this recently is "unavailable" (503), not "unknown"."""
-
-
-@dataclass(frozen=True)
-class StageModel:
-    """One queue: a stage and the model whose stream it is."""
-
-    stage: keys.Stage
-    model: str
+"""A model whose last worker vanished this recently is known (503 while it has no worker), even
+when the routing does not name it."""
 
 
 class ModelDirectory:
-    """Live workers by (stage, model), from heartbeats, cached for ``ttl_s``.
+    """Live workers by (stage, model), from heartbeats, cached for ``ttl_s``; and, with the
+    routing, what each known model serves (:mod:`server.catalog`) and whether it is ready.
 
     ``scale_to_zero`` maps a stage to the models whose jobs are queued even with no live worker
-    (an autoscaler starts one from the queue's depth): for them ``require`` never answers 503.
+    (an autoscaler starts one from the queue's depth): for them ``resolve`` never answers 503.
 
     A heartbeat is a key that expires ``heartbeat_ttl_s`` (the workers' lease) after it was
     written, and its clock runs while Redis is down: after an outage of about a lease, or a
@@ -140,13 +147,15 @@ class ModelDirectory:
         scale_to_zero: Mapping[keys.Stage, frozenset[str]] | None = None,
         max_age_s: float = 0.0,
         heartbeat_ttl_s: float = keys.DEFAULT_LEASE_S,
+        routing: ModelRouting | None = None,
     ) -> None:
         self._backend = backend
         self._ttl_s = ttl_s
         self._max_age_s = max_age_s
         self._heartbeat_ttl_s = heartbeat_ttl_s
         self._scale_to_zero = dict(scale_to_zero or {})
-        self._last_served: dict[tuple[str, str], float] = {}
+        self.routing = routing if routing is not None else ModelRouting()
+        self._last_served: dict[tuple[keys.Stage, str], float] = {}
         self._workers: list[WorkerInfo] = []
         self._read_at = -1e9
         self._refresh: BackgroundReads[str] = BackgroundReads("the worker directory")
@@ -197,15 +206,7 @@ class ModelDirectory:
             return True
         return self._renewing_after_outage(need.stage, need.model)
 
-    async def serving_stages(self) -> set[str]:
-        """Stages with a live worker, or with workers whose heartbeats an outage interrupted
-        (``/readyz``: a Redis restart must not take every gateway out of its Service)."""
-        stages = {w.stage for w in await self.workers()}
-        return stages | {
-            stage for stage, model in self._last_served if self._renewing_after_outage(stage, model)
-        }
-
-    def _renewing_after_outage(self, stage: str, model: str) -> bool:
+    def _renewing_after_outage(self, stage: keys.Stage, model: str) -> bool:
         """Whether workers of ``stage``/``model`` were seen within a heartbeat TTL of the last
         outage's start, and that outage ended less than a TTL ago (their heartbeats may not be
         back)."""
@@ -217,26 +218,101 @@ class ModelDirectory:
         ttl_s = self._heartbeat_ttl_s
         return seen >= began - ttl_s and time.monotonic() - ended < ttl_s
 
+    # --- what each model serves ----------------------------------------------------------------
+    def known_stages(self, model: str) -> frozenset[keys.Stage]:
+        """The stages ``model`` is known on, from the routing and the last read of the live
+        workers: configured there, served now, or served less than ``RECENTLY_SERVED_S`` ago."""
+        now = time.monotonic()
+        live = {w.stage for w in self._workers if w.model == model}
+        recent: set[keys.Stage] = {
+            stage
+            for (stage, name), seen in self._last_served.items()
+            if name == model and now - seen < RECENTLY_SERVED_S
+        }
+        return configured_stages(self.routing, model) | live | recent
+
+    def route_now(self, model: str, endpoint: Endpoint, *, images: bool = False) -> Route:
+        """:func:`server.catalog.route` on what this directory knows now, without I/O (400 or
+        404 only; :meth:`resolve` also checks that the route's workers are live)."""
+        return route(self.routing, model, endpoint, self.known_stages(model), images=images)
+
+    def detokenizer_for(self, model: str, *, conditioned: bool) -> str:
+        """The de-tokenizer that renders ``model``'s images on ``/v1/images/edits``
+        (``conditioned``) or ``/v1/images/generations``; 400/404 as :meth:`route_now`."""
+        endpoint = Endpoint.EDITS if conditioned else Endpoint.GENERATIONS
+        detokenizer = self.route_now(model, endpoint).detokenizer
+        assert detokenizer is not None  # both endpoints route through one
+        return detokenizer
+
+    async def resolve(self, model: str, endpoint: Endpoint, *, images: bool = False) -> Route:
+        """The route of ``model`` on ``endpoint``, or the refusal every endpoint answers alike:
+        404 unknown model, 400 (``param="model"``) naming the endpoints that serve it, 503 while
+        it (or its de-tokenizer) has no live worker: loading or restarting. See
+        :mod:`server.catalog`."""
+        await self.workers()
+        if not self.known_stages(model):  # a "no such model" is never taken from a stale read
+            await self.workers(fresh=True)
+        chosen = self.route_now(model, endpoint, images=images)
+        await self._require_live(chosen.queues)
+        return chosen
+
     async def require(self, requested: StageModel, downstream: Iterable[StageModel] = ()) -> None:
-        """404 for an unknown model; 503 unless ``requested`` and every ``downstream`` stage
-        have a live worker (or may scale to zero: the job then waits in its queue)."""
-        if not self._waits_for_autoscaler(requested) and not await self._serves(requested):
-            seen = self._last_served.get((requested.stage, requested.model))
-            if seen is not None and time.monotonic() - seen < RECENTLY_SERVED_S:
-                raise Unavailable(
-                    f"no {requested.stage} worker for {requested.model!r} is running; retry later"
-                )
-            raise ModelNotFound(
-                f"the model {requested.model!r} does not exist or no worker serves it now",
-                param="model",
-            )
-        for need in downstream:
-            if self._waits_for_autoscaler(need):
+        """:meth:`resolve` for callers that name the queues: ``requested`` must be a model its
+        stage serves (an LLM for chat, Responses, generations and edits, a de-tokenizer for
+        variations), and it and every ``downstream`` queue need a live worker (or a stage that
+        scales to zero: the job then waits in its queue)."""
+        endpoint = Endpoint.CHAT if requested.stage == "llm" else Endpoint.VARIATIONS
+        await self.workers()
+        if not self.known_stages(requested.model):
+            await self.workers(fresh=True)
+        self.route_now(requested.model, endpoint)
+        await self._require_live((requested, *downstream))
+
+    async def _require_live(self, queues: Iterable[StageModel]) -> None:
+        """503 unless each queue has a live worker (or waits for an autoscaler)."""
+        for need in queues:
+            if self._waits_for_autoscaler(need) or await self._serves(need):
                 continue
-            if not await self._serves(need):
-                raise Unavailable(
-                    f"no {need.stage} worker for {need.model!r} is running; retry later"
+            raise Unavailable(
+                f"no {need.stage} worker for {need.model!r} is running (it is loading or "
+                "restarting); retry later"
+            )
+
+    # --- readiness -------------------------------------------------------------------------------
+    async def states(self) -> list[ModelState]:
+        """Every known model (configured, in ``routing.readiness``, served now or lately) and
+        whether a request for it would be accepted now; sorted by model and stage.
+
+        A model that looks not ready on a read past its TTL is checked on a fresh one.
+        """
+        workers = await self.workers()
+        if any(not state.ready for state in self.states_of(workers)):
+            workers = await self.workers(fresh=True)
+        return self.states_of(workers)
+
+    def states_of(self, workers: list[WorkerInfo]) -> list[ModelState]:
+        """:meth:`states` as ``workers`` make them (no I/O; ``[]`` while Redis is down)."""
+        counts: dict[tuple[str, keys.Stage], int] = {}
+        for worker in workers:
+            counts[(worker.model, worker.stage)] = counts.get((worker.model, worker.stage), 0) + 1
+        names = set(configured_models(self.routing)) | set(self.routing.readiness)
+        names |= {model for _, model in self._last_served} | {model for model, _ in counts}
+        states = []
+        for model in sorted(names):
+            stages = self.known_stages(model) | {s for m, s in counts if m == model}
+            if not stages:
+                states.append(ModelState(model, None, 0, False, ()))
+            for stage in sorted(stages):
+                live = counts.get((model, stage), 0)
+                need = StageModel(stage, model)
+                ready = (
+                    live > 0
+                    or self._waits_for_autoscaler(need)
+                    or self._renewing_after_outage(stage, model)
                 )
+                served = endpoints_of(self.routing, model, {stage})
+                states.append(ModelState(model, stage, live, ready, served))
+        return states
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,36 @@
 """``/healthz`` (the process answers), ``/readyz`` (it can serve), ``/metrics`` (Prometheus).
 
 Readiness means a request could succeed now: Redis answers, the reply reader is connected, and
-every stage has at least one live worker (heartbeat within its lease, or interrupted by a Redis
-outage that ended less than a lease ago: see ``ModelDirectory``). A gateway that is up but
-cannot serve must say so (issue 9: no "200 while nothing is served"), so load balancers route
-around it. The health routes never need an API key; ``/metrics`` does unless
-``public_metrics``.
+every stage has a model with a live worker (heartbeat within its lease, or interrupted by a
+Redis outage that ended less than a lease ago: see ``ModelDirectory``). A gateway that is up
+but cannot serve must say so (issue 9: no "200 while nothing is served"), so load balancers
+route around it.
+
+Readiness is also per model: the body lists every known model (``models``: stage, ready, live
+workers, the endpoints it serves), ``/readyz?model=NAME`` answers 200 or 503 for one model (404
+for a model the gateway does not know), and ``models.readiness`` (``SEEDX_GATEWAY_MODELS__
+READINESS``) names models whose absence makes ``/readyz`` itself 503. It is empty by default on
+purpose: every gateway replica reads the same heartbeats, so a readiness that failed whenever
+one model had no worker would take *all* of them out of their Kubernetes Service at once, and
+requests for the models that are up would fail too; with it empty they are served and requests
+for the missing model get 503 with ``Retry-After`` until a worker is back. ``seedx serve``,
+one gateway in front of a known set of workers, lists the models it starts.
+
+The health routes never need an API key; ``/metrics`` does unless ``public_metrics``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from server import fleet
+from server.catalog import ModelState, readiness_checks
 from server.deps import GatewayDep
-from workers import keys
+from server.errors import ModelNotFound, error_response
 from workers.errors import TransportError
 
 router = APIRouter(tags=["health"])
@@ -30,21 +42,46 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready; checks says why"}})
-async def readyz(gateway: GatewayDep) -> Response:
-    """200 when Redis, the reply reader and a worker per stage are all available."""
-    checks: dict[str, Any] = {"redis": await gateway.backend.ping()}
-    checks["reply_reader"] = gateway.backend.connected
+@router.get(
+    "/readyz",
+    responses={
+        503: {"description": "Not ready; checks and models say why"},
+        404: {"description": "model names no model this gateway knows"},
+    },
+)
+async def readyz(
+    gateway: GatewayDep,
+    model: Annotated[
+        str | None, Query(max_length=128, description="Answer for this model alone.")
+    ] = None,
+) -> Response:
+    """200 when Redis, the reply reader and a worker per stage (and per ``models.readiness``
+    model) are available; with ``model``, when that model has a live worker."""
+    directory = gateway.directory
+    checks: dict[str, bool] = {
+        "redis": await gateway.backend.ping(),
+        "reply_reader": gateway.backend.connected,
+    }
+    states: list[ModelState]
     try:
-        stages = await gateway.directory.serving_stages()
+        states = await directory.states()
     except TransportError:
-        stages = set()
-    for stage in keys.STAGES:
-        checks[f"workers_{stage}"] = (
-            stage in stages or stage in gateway.directory.scale_to_zero_stages
-        )
+        states = directory.states_of([])
+    if model is not None:
+        states = [state for state in states if state.model == model]
+        if not states:
+            return error_response(
+                ModelNotFound(f"the model {model!r} does not exist", param="model")
+            )
+        checks["model"] = all(state.ready for state in states)
+    else:
+        checks.update(readiness_checks(states, directory.routing, directory.scale_to_zero_stages))
     ready = all(checks.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    body: dict[str, Any] = {
+        "status": "ready" if ready else "not_ready",
+        "checks": checks,
+        "models": {state.model: state.as_json() for state in states},
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

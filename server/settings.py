@@ -55,6 +55,14 @@ class ModelRouting(_Group):
         default=("second_stage",),
         description="De-tokenizers that render from an input image too (ImageEditJob).",
     )
+    readiness: tuple[str, ...] = Field(
+        default=(),
+        description="Models /readyz waits for: it answers 503 while one of them has no live "
+        "worker. Empty: a live worker per stage is enough, so one model down does not take "
+        "every gateway replica out of its Service (requests for that model get 503 with "
+        "Retry-After); /readyz lists each model's readiness either way, and "
+        "/readyz?model=NAME answers for one. seedx serve sets it to the models it starts.",
+    )
 
     def routed(self, stage: str) -> frozenset[str]:
         """The models this routing can send jobs to on ``stage`` (``llm`` or ``diffusion``)."""

@@ -40,6 +40,7 @@ class Gateway:
                 {s: settings.models.routed(s) for s in settings.admission.scale_to_zero},
                 settings.admission.directory_max_age_s,
                 heartbeat_ttl_s=settings.queue.lease_s,
+                routing=settings.models,
             ),
             admission=AdmissionControl(backend, settings.admission),
             loader=ImageLoader(settings.media, fetcher, publisher),

@@ -27,6 +27,10 @@ async def get_model(model: Annotated[str, Path(max_length=128)], gateway: Gatewa
     for card in (await list_models(gateway.directory)).data:
         if card.id == model:
             return card
-    raise ModelNotFound(
-        f"the model {model!r} does not exist or no worker serves it now", param="model"
-    )
+    if gateway.directory.known_stages(model):
+        raise ModelNotFound(
+            f"the model {model!r} has no live worker now (it is loading or restarting; "
+            f"GET /readyz?model={model} says when it is ready)",
+            param="model",
+        )
+    raise ModelNotFound(f"the model {model!r} does not exist", param="model")

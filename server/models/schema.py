@@ -10,7 +10,8 @@ from workers.keys import Stage
 
 
 class ModelCard(BaseModel):
-    """One served model. ``stage`` and ``workers`` are SEED-X additions."""
+    """One served model. ``stage``, ``workers`` and ``endpoints`` are SEED-X additions (OpenAI's
+    clients keep extra fields of a ``Model``)."""
 
     id: str
     object: Literal["model"] = "model"
@@ -18,6 +19,10 @@ class ModelCard(BaseModel):
     owned_by: str = "seedx"
     stage: Stage = Field(description="llm (chat, generations, edits) or diffusion (variations).")
     workers: int = Field(description="Live workers serving it.")
+    endpoints: list[str] = Field(
+        description="The endpoints that serve it, e.g. /v1/chat/completions; another endpoint "
+        "answers 400 naming these."
+    )
 
 
 class ModelList(BaseModel):

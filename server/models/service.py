@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from server.admission import ModelDirectory
+from server.catalog import endpoints_of
 from server.models.schema import ModelCard, ModelList
+from workers.keys import Stage
 from workers.protocol import WorkerInfo
 
 
 async def list_models(directory: ModelDirectory) -> ModelList:
     """One card per (model, stage) that some live worker serves, sorted by id."""
-    groups: dict[tuple[str, str], list[WorkerInfo]] = {}
+    groups: dict[tuple[str, Stage], list[WorkerInfo]] = {}
     for worker in await directory.workers():
         groups.setdefault((worker.model, worker.stage), []).append(worker)
     cards = [
         ModelCard(
             id=model,
             created=int(min(w.started_at for w in workers)),
-            stage=workers[0].stage,
+            stage=stage,
             workers=len(workers),
+            endpoints=[str(e) for e in endpoints_of(directory.routing, model, {stage})],
         )
-        for (model, _), workers in sorted(groups.items())
+        for (model, stage), workers in sorted(groups.items())
     ]
     return ModelList(data=cards)

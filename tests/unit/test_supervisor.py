@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from seedx.chaos.stack import alive
 from seedx.supervisor import ChildSpec, Supervisor
@@ -78,3 +82,29 @@ async def test_what_a_dead_child_started_is_stopped_before_the_restart(tmp_path:
     first = int(pids.read_text().split()[0])
     await asyncio.sleep(0.2)
     assert not alive([first])
+
+
+def test_serve_makes_the_gateway_ready_only_when_each_model_it_starts_is(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``seedx serve --llm seed-x-i``: /readyz waits for that LLM and both de-tokenizers (and
+    not for seed-x-edit, which it does not start); an explicit setting wins."""
+    from seedx.serve import build_specs
+
+    monkeypatch.delenv("SEEDX_GATEWAY_MODELS__READINESS", raising=False)
+    manifest = {
+        "models": {name: {"path": name} for name in ("seed-x-i", "seed-x-edit")},
+        "detokenizers": {"first_stage": {}, "second_stage": {}},
+    }
+    args = argparse.Namespace(
+        llm=["seed-x-i"], host="127.0.0.1", port=8000, api_key=None, device="cpu"
+    )
+    specs = build_specs(tmp_path, manifest, "redis://x/0", args, demo=False)
+    gateway = next(spec for spec in specs if spec.name == "gateway")
+    readiness = json.loads(gateway.env["SEEDX_GATEWAY_MODELS__READINESS"])
+    assert readiness == ["seed-x-i", "first_stage", "second_stage"]
+
+    monkeypatch.setenv("SEEDX_GATEWAY_MODELS__READINESS", "[]")
+    specs = build_specs(tmp_path, manifest, "redis://x/0", args, demo=False)
+    gateway = next(spec for spec in specs if spec.name == "gateway")
+    assert "SEEDX_GATEWAY_MODELS__READINESS" not in gateway.env

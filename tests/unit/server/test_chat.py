@@ -258,8 +258,8 @@ async def test_a_model_whose_workers_just_vanished_is_503_not_404(
     response = await client.post("/v1/chat/completions", json=body)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
-    never_served = {"model": "seed-x", "messages": body["messages"]}
-    assert (await client.post("/v1/chat/completions", json=never_served)).status_code == 404
+    never_known = {"model": "seed-x-17b", "messages": body["messages"]}  # not in the routing
+    assert (await client.post("/v1/chat/completions", json=never_known)).status_code == 404
 
 
 async def test_unknown_model_is_404(oai: openai.AsyncOpenAI) -> None:
