@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -144,6 +144,18 @@ class StreamConsumer:
     async def touch(self, entry_ids: list[str]) -> set[str]:
         """Renew the lease of the running jobs; returns the ids no longer owned (reclaimed)."""
         return await self._set_idle(entry_ids, idle_ms=0)
+
+    async def held(self, limit: int = 10_000) -> list[str]:
+        """The entries this consumer was delivered and has not acknowledged (its pending list)."""
+        try:
+            rows = await self._redis.xpending_range(
+                self.stream, keys.WORKER_GROUP, "-", "+", limit, consumername=self.consumer
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return []
+            raise
+        return [_text(cast(bytes, row["message_id"])) for row in rows]
 
     async def release(self, entry_ids: list[str]) -> set[str]:
         """Make unfinished jobs reclaimable right away (a clean shutdown hands work over)."""

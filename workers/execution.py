@@ -4,13 +4,16 @@ Before starting, the job is dead-lettered if it was delivered too often, or refu
 cancelled or its deadline passed; then ``Started`` is sent, the handler's events are forwarded,
 and the terminal event is sent together with the acknowledgement. A job whose events cannot be
 written (Redis unreachable) is abandoned unacknowledged: its lease runs out and another attempt
-picks it up, so nothing accepted is lost.
+picks it up, so nothing accepted is lost. So is a job whose handler raised
+:class:`~workers.handler.EngineDied` (the worker's engine is gone, not the job at fault), and the
+executor tells the worker (``on_engine_died``), which leaves.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -18,7 +21,14 @@ from workers import keys, metrics
 from workers.connection import CONNECTION_ERRORS
 from workers.consumer import Delivery, StreamConsumer
 from workers.errors import Cancelled, DeadLettered, DeadlineExceeded, TransportError
-from workers.handler import Handler, JobContext, close_events, failure_event, stop_event
+from workers.handler import (
+    EngineDied,
+    Handler,
+    JobContext,
+    close_events,
+    failure_event,
+    stop_event,
+)
 from workers.logcontext import bind_job
 from workers.protocol import (
     TERMINAL_EVENTS,
@@ -55,8 +65,10 @@ class JobExecutor:
         *,
         worker_id: str,
         stage: keys.Stage,
+        on_engine_died: Callable[[str], None] | None = None,
     ) -> None:
         self._redis = redis
+        self._on_engine_died = on_engine_died
         self._settings = settings
         self._consumer = consumer
         self._handler = handler
@@ -74,6 +86,11 @@ class JobExecutor:
             except _ABANDON_ERRORS as exc:
                 logger.warning("abandoning job (it will be reclaimed after its lease): %s", exc)
                 outcome = "abandoned"
+            except EngineDied as exc:
+                logger.error("engine died while running the job; leaving it for reclaim: %s", exc)
+                outcome = "abandoned"
+                if self._on_engine_died is not None:
+                    self._on_engine_died(str(exc))
             except Exception:
                 logger.exception("transport failure while processing job; leaving it for reclaim")
                 outcome = "abandoned"
@@ -140,7 +157,7 @@ class JobExecutor:
                 if isinstance(event, TERMINAL_EVENTS):
                     return event
                 await self._emit(writer, event)
-        except _Abandon:
+        except (_Abandon, EngineDied):
             raise
         except Exception as exc:
             return failure_event(exc)

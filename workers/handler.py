@@ -4,6 +4,10 @@ A handler is an async generator: ``handler(job, ctx)`` yields events; it ends no
 sends ``Done``), yields its own ``Done``/``Failed``, or raises (the loop sends ``Failed``). It
 checks ``ctx.stopped`` between steps: the loop sets it when the job is cancelled, passes its
 deadline, or was reclaimed by another worker, and stops forwarding events at the next yield.
+
+A handler whose engine can run nothing any more (vLLM's engine core died) raises
+:class:`EngineDied`: the job is not the cause, so it is not answered ``Failed`` nor acknowledged;
+the worker leaves (``Worker.fail``) and the job is taken over by another or a restarted worker.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ class JobContext:
 
 
 Handler = Callable[[Job, JobContext], AsyncIterator[Event]]
+
+
+class EngineDied(Exception):
+    """The handler's engine is gone for good (its process died): no job can run on this worker
+    any more. Raised instead of the engine's own error; see the module docstring."""
 
 
 def stop_event(reason: StopReason | None) -> Failed | None:

@@ -15,7 +15,12 @@ everything else is the loop's job:
   and flag ``ctx`` when a job is cancelled, expires, or was reclaimed elsewhere; the handler
   checks ``ctx.stopped`` between steps, and the loop stops forwarding at the next event;
 - survive Redis outages: reads back off and retry; a job whose events cannot be written is
-  abandoned unacknowledged and is reclaimed after its lease, so nothing accepted is lost.
+  abandoned unacknowledged and is reclaimed after its lease, so nothing accepted is lost;
+- leave when its engine dies (``alive`` turns false, or a handler raises
+  :class:`~workers.handler.EngineDied`): :meth:`Worker.fail` stops the heartbeat and deletes its
+  key at once (the gateway stops routing to it), takes no new job, hands every job it holds back
+  unacknowledged (reclaimable at once, by another worker or by this one restarted), and ``run``
+  raises :class:`WorkerDied`, so the process exits non-zero and its supervisor restarts it.
 
 ``run(burst=True)`` processes what is queued (and what is reclaimable now) and returns, like arq's
 ``burst`` mode, so tests finish deterministically. Handlers must not block the event loop for
@@ -30,6 +35,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -39,14 +45,28 @@ from workers.blobs import BlobStore
 from workers.connection import CONNECTION_ERRORS, Backoff, sleep_until, stop_task
 from workers.consumer import Delivery, StreamConsumer
 from workers.execution import JobExecutor
-from workers.handler import Handler, JobContext
+from workers.handler import EngineDied, Handler, JobContext
 from workers.heartbeat import WorkerRegistry
 from workers.protocol import Job, Undecodable, WorkerInfo, new_id, parse_job
 from workers.settings import QueueSettings
 
-__all__ = ["Handler", "JobContext", "Worker"]  # the handler contract, re-exported for workers
+# the handler contract, re-exported for workers
+__all__ = ["EngineDied", "Handler", "JobContext", "Worker", "WorkerDied"]
 
 logger = logging.getLogger(__name__)
+
+
+ALIVE_POLL_S = 0.25
+"""How often the worker asks its engine whether it is alive (a cheap flag read)."""
+HAND_BACK_WAIT_S = 2.0
+"""After the engine died, how long running jobs may take to notice before they are cancelled."""
+
+
+class WorkerDied(Exception):
+    """Raised by :meth:`Worker.run` after :meth:`Worker.fail`: the worker cannot serve any more.
+    Worker processes exit with ``exit_code`` (their supervisor, or Kubernetes, restarts them)."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -69,6 +89,7 @@ class Worker:
         handler: Handler,
         capacity: int = 1,
         worker_id: str | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -84,8 +105,18 @@ class Worker:
         self._registry = WorkerRegistry(redis, settings)
         self._blobs = BlobStore(redis, settings)
         self._executor = JobExecutor(
-            redis, settings, self._consumer, handler, worker_id=self.worker_id, stage=stage
+            redis,
+            settings,
+            self._consumer,
+            handler,
+            worker_id=self.worker_id,
+            stage=stage,
+            on_engine_died=self.fail,
         )
+        self._alive = alive
+        self._failure: str | None = None
+        self._withdrawal: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._running: dict[str, _Running] = {}
         self._stopping = asyncio.Event()
         self._closing = asyncio.Event()
@@ -121,23 +152,56 @@ class Worker:
         """Stop taking jobs; ``run`` returns once running jobs finish (or the grace runs out)."""
         self._stopping.set()
 
+    def fail(self, reason: str) -> None:
+        """The worker cannot run jobs any more (its engine died): leave at once.
+
+        The heartbeat stops and its key is deleted now, so the gateway stops routing here; no
+        new job is taken; running jobs are not waited for, and every job this worker holds is
+        handed back unacknowledged, reclaimable at once; then ``run`` raises
+        :class:`WorkerDied`. Idempotent; call it from the worker's event loop.
+        """
+        if self._failure is not None:
+            return
+        self._failure = reason
+        logger.error("worker %s cannot serve any more (%s); leaving", self.worker_id, reason)
+        self._stopping.set()
+        self._closing.set()  # the heartbeat and watch loops end
+        self._withdrawal = asyncio.get_running_loop().create_task(
+            self._withdraw(), name=f"withdraw:{self.worker_id}"
+        )
+
+    @property
+    def failure(self) -> str | None:
+        """Why the worker left (:meth:`fail`), or None."""
+        return self._failure
+
     async def run(self, *, burst: bool = False) -> None:
         """Consume until :meth:`stop` (or, with ``burst``, until nothing is left to do)."""
         logger.info(
             "worker %s consuming %s (capacity %d)", self.worker_id, self.stream, self.capacity
         )
+        self._heartbeat_task = asyncio.create_task(
+            self._heartbeat_loop(), name=f"heartbeat:{self.worker_id}"
+        )
         background = [
-            asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat:{self.worker_id}"),
+            self._heartbeat_task,
             asyncio.create_task(self._watch_loop(), name=f"watch:{self.worker_id}"),
         ]
         try:
             await self._consume(burst)
         finally:
-            await self._drain()
+            if self._failure is None:
+                await self._drain()
+            else:
+                await self._hand_back()
             self._closing.set()
             for task in background:
                 await stop_task(task, self._settings.block_s + 2.0)
+            if self._withdrawal is not None:
+                await self._withdrawal
             await self._leave()
+        if self._failure is not None:
+            raise WorkerDied(self._failure)
         logger.info("worker %s stopped after %d jobs", self.worker_id, self.processed)
 
     @property
@@ -161,7 +225,9 @@ class Worker:
                 logger.warning("worker cannot reach redis (%s); retrying in %.2fs", exc, delay)
                 await sleep_until(self._stopping, delay)
                 continue
-            if deliveries:
+            if deliveries and self._failure is not None:
+                await self._release([d.entry_id for d in deliveries])
+            elif deliveries:
                 self._start(deliveries)
             elif burst and not self._running:
                 return
@@ -237,6 +303,8 @@ class Worker:
             await sleep_until(self._closing, delay)
 
     async def _heartbeat(self) -> None:
+        if self._failure is not None:
+            return
         await self._registry.publish(self.info())
         running = dict(self._running)
         lost = await self._consumer.touch(list(running))
@@ -246,10 +314,20 @@ class Worker:
                 ctx.request_stop("lost")
 
     async def _watch_loop(self) -> None:
-        """Flag cancelled and expired jobs quickly (cancellation must not wait a heartbeat)."""
-        interval = min(self._settings.heartbeat_interval_s, 0.5)
+        """Flag cancelled and expired jobs quickly (cancellation must not wait a heartbeat), and
+        leave as soon as the engine is no longer alive."""
+        watch_every = min(self._settings.heartbeat_interval_s, 0.5)
+        interval = watch_every if self._alive is None else min(watch_every, ALIVE_POLL_S)
+        next_watch = 0.0
         while not self._closing.is_set():
             await sleep_until(self._closing, interval)
+            if self._alive is not None and not self._closing.is_set() and not self._alive():
+                self.fail("the engine is not alive")
+                return
+            now = time.monotonic()
+            if now < next_watch:
+                continue
+            next_watch = now + watch_every - interval / 2  # due at this tick, not the next
             try:
                 await self._watch()
             except CONNECTION_ERRORS as exc:
@@ -286,6 +364,43 @@ class Worker:
             logger.info("released %d unfinished jobs for other workers", len(unfinished))
         except CONNECTION_ERRORS as exc:
             logger.warning("could not release unfinished jobs (%s); they expire by lease", exc)
+
+    async def _withdraw(self) -> None:
+        """After :meth:`fail`: no heartbeat from now on (the loop ends first, so none lands
+        after the key is deleted), then the key deleted."""
+        if self._heartbeat_task is not None:
+            await stop_task(self._heartbeat_task, self._settings.block_s + 2.0)
+        try:
+            await self._registry.remove(self.worker_id)
+            logger.info("worker %s deregistered", self.worker_id)
+        except CONNECTION_ERRORS as exc:
+            logger.warning("could not delete the heartbeat (%s); it expires by lease", exc)
+
+    async def _hand_back(self) -> None:
+        """After :meth:`fail`: stop running jobs (their engine is gone) and make every job this
+        worker holds reclaimable now, unacknowledged."""
+        tasks = [r.task for r in self._running.values()]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=HAND_BACK_WAIT_S)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=self._settings.block_s + 2.0)
+        try:
+            held = await self._consumer.held()
+        except CONNECTION_ERRORS as exc:
+            logger.warning("cannot list held jobs (%s); they expire by lease", exc)
+            return
+        await self._release(held)
+
+    async def _release(self, entry_ids: list[str]) -> None:
+        if not entry_ids:
+            return
+        try:
+            await self._consumer.release(entry_ids)
+            logger.info("handed %d jobs back for other workers", len(entry_ids))
+        except CONNECTION_ERRORS as exc:
+            logger.warning("could not release held jobs (%s); they expire by lease", exc)
 
     async def _leave(self) -> None:
         try:

@@ -7,7 +7,10 @@ embedding stored as a ``float16 [64, D]`` tensor blob (``EmbeddingReady``), then
 ``Done`` with every choice's finish reason. A cancelled or expired job (``ctx.stop_event``)
 aborts its vLLM requests at once. Bad input answers ``Failed(code="invalid_request")``
 (:class:`~workers.errors.InvalidRequest`, HTTP 400) naming the parameter, before any engine
-work; the engine keeps serving other jobs. Metrics: ``workers.llm.metrics``.
+work; the engine keeps serving other jobs. An engine error once vLLM's engine core is dead
+(``engine.alive`` false: killed, out of memory) is raised as
+:class:`~workers.handler.EngineDied`: the job is handed back for a restarted worker, not failed.
+Metrics: ``workers.llm.metrics``.
 
 Sampling: a job whose ``temperature`` is None asks for the model's default, which for SEED-X is
 greedy decoding (spec §5.5: the original calls ``generate(do_sample=False)``), except with
@@ -32,7 +35,7 @@ from workers.llm import types as llm
 from workers.llm.metrics import LLMMetrics
 from workers.llm.prompting import BadRequest, decode_image, prepare_prompt
 from workers.llm.text import TokenStrings, finite_logprob
-from workers.worker import JobContext
+from workers.worker import EngineDied, JobContext
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +168,12 @@ class LLMJobHandler:
     async def _abort_on_stop(self, request_id: str, ctx: JobContext) -> None:
         await ctx.stop_event.wait()
         logger.info("job stopped (%s): aborting its vLLM requests", ctx.stop_reason)
-        await self.engine.abort(request_id)
+        try:
+            await self.engine.abort(request_id)
+        except Exception:
+            if self.engine.alive:
+                raise
+            logger.info("the engine is dead: nothing to abort")
 
     async def _run(
         self,
@@ -184,8 +192,10 @@ class LLMJobHandler:
                     yield mapped
         except CONNECTION_ERRORS:
             raise  # Redis (blob writes), not the engine
-        except Exception:
+        except Exception as exc:
             self.metrics.engine_error()
+            if not self.engine.alive:
+                raise EngineDied(f"vLLM's engine core died ({type(exc).__name__})") from exc
             raise
         yield wire.Done(finish_reasons=tuple(reasons[c] for c in sorted(reasons)))
 
@@ -211,6 +221,6 @@ class LLMJobHandler:
                 prompt_tokens=event.prompt_tokens,
                 completion_tokens=event.completion_tokens,
                 images=event.images if job.allow_image_output else 0,
+                prompt_image_tokens=event.image_tokens or None,
             )
         return None
-                prompt_image_tokens=event.image_tokens or None,

@@ -6,6 +6,13 @@ concurrently on one :class:`~workers.llm.engine.SeedXLLMEngine`, where vLLM batc
 Prometheus metrics (``workers.metrics``, ``workers.llm.metrics`` and vLLM's own ``vllm:*``) are
 served on ``metrics_port`` with a liveness probe at ``/healthz`` (200 while the engine is alive);
 readiness is the Redis heartbeat the gateway reads.
+
+vLLM's engine core is a child process (``VLLM::EngineCore``); when it dies (killed, out of
+memory) ``AsyncLLM.errored`` turns true and every request fails with ``EngineDeadError``, and
+nothing in vLLM restarts it. The worker then leaves (``Worker.fail``, polled on
+``engine.alive``): its heartbeat is deleted at once, the jobs it holds are handed back
+unacknowledged, and the process exits with code ``WorkerDied.exit_code`` (3) so that its
+supervisor (``seedx serve``, Kubernetes) starts a fresh one, which takes those jobs over.
 """
 
 from __future__ import annotations
@@ -128,6 +135,7 @@ async def _serve(settings: LLMWorkerSettings, liveness: LateLiveness) -> None:
         model=model,
         handler=LLMJobHandler(engine, LLMMetrics(model)),
         capacity=settings.capacity,
+        alive=lambda: engine.alive,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -151,5 +159,11 @@ def main(
     if redis_url is not None:
         overrides["redis"] = {"url": redis_url}  # merged with SEEDX_LLM_REDIS__* values
     settings = LLMWorkerSettings(**overrides)  # type: ignore[arg-type]
-    runloop.run(serve(settings))
+    from workers.worker import WorkerDied
+
+    try:
+        runloop.run(serve(settings))
+    except WorkerDied as exc:
+        logger.error("exiting with code %d: %s", WorkerDied.exit_code, exc)
+        return WorkerDied.exit_code
     return 0

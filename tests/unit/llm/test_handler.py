@@ -25,7 +25,7 @@ from engine.prompts import ImageInput, Turn, build_prompt, chat_template
 from engine.tokenizer import SeedXTokenizer
 from workers import protocol as wire
 from workers.errors import InvalidRequest
-from workers.handler import JobContext
+from workers.handler import EngineDied, JobContext
 from workers.llm import types as llm
 from workers.llm.handler import LLMJobHandler, sampling_options
 from workers.llm.metrics import LLMMetrics, SchedulerStatsLogger
@@ -70,6 +70,7 @@ class ScriptedEngine:
     def __init__(self, tokenizer: SeedXTokenizer, model: str, fail: bool = False) -> None:
         self.tokenizer, self.model_name, self.image_rules = tokenizer, model, RULES
         self.max_model_len, self.fail = 2048, fail
+        self.alive = True
         self.requests: list[llm.LLMRequest] = []
 
     def check(self, request: llm.LLMRequest) -> None:
@@ -91,6 +92,8 @@ class ScriptedEngine:
         yield llm.TextDelta(0, " it is.")
         if self.fail:
             raise RuntimeError("engine core died")
+        if not self.alive:
+            raise RuntimeError("EngineDeadError")  # what vLLM raises once its core is gone
         yield llm.ImageEmbedding(0, 0, torch.ones(64, 8), torch.zeros(64, 4), 3)
         yield llm.ChoiceFinished(0, "stop", tuple(range(70)), "Here it is.")
         yield llm.Usage(len(request.prompt_ids), 70, 1)
@@ -211,6 +214,16 @@ async def test_engine_failure_is_counted_and_raised(tokenizer: SeedXTokenizer) -
     with pytest.raises(RuntimeError, match="engine core died"):
         await _run(handler, _job((_user(wire.TextPart(text="Hi")),)), MemoryBlobs())
     assert _value("seedx_llm_engine_errors_total", model) == before + 1
+
+
+async def test_an_error_of_a_dead_engine_hands_the_job_back(tokenizer: SeedXTokenizer) -> None:
+    """vLLM's engine core died (issue 21 item 4): EngineDied, so the worker leaves and the job
+    is taken over by a restarted one, instead of a Failed event (502) for the request."""
+    engine = ScriptedEngine(tokenizer, "seed-x-i")
+    engine.alive = False
+    handler = LLMJobHandler(engine, LLMMetrics("metrics-dead"))
+    with pytest.raises(EngineDied, match="engine core died"):
+        await _run(handler, _job((_user(wire.TextPart(text="Hi")),)), MemoryBlobs())
 
 
 async def test_assistant_image_is_one_global_view_block(tokenizer: SeedXTokenizer) -> None:
