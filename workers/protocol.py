@@ -452,7 +452,9 @@ class Reply(_Message):
     """One event on a reply stream, stamped with routing and ordering.
 
     ``attempt`` is the delivery count of the job when the event was produced and ``seq`` its
-    position within that attempt; a waiter uses them to drop the replay of a reclaimed job
+    position within that attempt (consecutive from 0); a waiter reads each attempt's events in
+    ``seq`` order to know where in the answer each one lies, and so drops the replay of a
+    reclaimed job by position, however the attempts split the answer into events
     (``workers.replies.Subscription``).
     """
 

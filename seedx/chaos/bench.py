@@ -3,6 +3,7 @@ table of figures (issue 9). ``--quick`` uses the reduced counts of the CI suite.
 
     seedx bench chaos                 # full counts (soak: 2,000 image requests)
     seedx bench chaos --quick --only overload,ssrf
+    seedx bench chaos --only resume_llm --diffusion-workers 1 --resume-runs 5
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from seedx.chaos import hostile, probes, scenarios
+from seedx.chaos import hostile, probes, resume, scenarios
 from seedx.chaos.stack import Stack, StackConfig
 
 
@@ -29,12 +30,16 @@ def _counts(quick: bool) -> dict[str, Any]:
         "soak": 200 if quick else 2000,
         "schemathesis_examples": 8 if quick else 50,
         "poison_others": 8 if quick else 24,
+        "resume_runs": 2 if quick else 10,
+        "resume_streams": 4 if quick else 6,
     }
 
 
-def plan(quick: bool) -> list[tuple[str, Callable[[Stack], Any]]]:
+def plan(
+    quick: bool, overrides: dict[str, Any] | None = None
+) -> list[tuple[str, Callable[[Stack], Any]]]:
     """The scenarios in the order they run (crashes after the latency-sensitive ones)."""
-    n = _counts(quick)
+    n = {**_counts(quick), **(overrides or {})}
     return [
         ("auth", lambda s: asyncio.run(probes.auth(s))),
         ("ssrf", lambda s: asyncio.run(hostile.ssrf(s))),
@@ -49,6 +54,8 @@ def plan(quick: bool) -> list[tuple[str, Callable[[Stack], Any]]]:
         ("kill_llm", lambda s: asyncio.run(scenarios.kill_worker(s, "llm", n["kill_jobs"]))),
         ("kill_diffusion",
          lambda s: asyncio.run(scenarios.kill_worker(s, "diffusion", n["kill_jobs"]))),
+        ("resume_llm", lambda s: asyncio.run(
+            resume.resume(s, n["resume_runs"], n["resume_streams"]))),
         ("redis_restart", lambda s: asyncio.run(scenarios.redis_restart(s))),
         ("schemathesis", lambda s: probes.schemathesis_run(
             s, n["schemathesis_examples"], "examples,coverage,fuzzing,stateful", 900)),
@@ -93,7 +100,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--serving", default=None, help="serving tree (default: a fresh tiny)")
     parser.add_argument("--workdir", default=None, help="logs and data (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--llm-workers", type=int, default=2, help="LLM workers (default 2)")
+    parser.add_argument(
+        "--diffusion-workers", type=int, default=2, help="diffusion workers (default 2; >= 1)"
+    )
+    parser.add_argument("--resume-runs", type=int, default=None, help="kills of resume_llm")
+    parser.add_argument("--resume-streams", type=int, default=None, help="streams per kill")
     args = parser.parse_args(argv)
+    overrides = {
+        name: value
+        for name, value in (
+            ("resume_runs", args.resume_runs),
+            ("resume_streams", args.resume_streams),
+        )
+        if value is not None
+    }
     # SIGTERM unwinds like Ctrl-C, so the stack's children and its Valkey are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="seedx-chaos-"))
@@ -101,9 +122,15 @@ def main(argv: list[str]) -> int:
     chosen = set(args.only.split(",")) if args.only else None
     results: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
-    with Stack(StackConfig(serving, workdir / "stack")) as stack:
+    config = StackConfig(
+        serving,
+        workdir / "stack",
+        llm_workers=args.llm_workers,
+        diffusion_workers=args.diffusion_workers,
+    )
+    with Stack(config) as stack:
         print(f"stack ready in {time.monotonic() - started:.0f} s (logs: {workdir})", flush=True)
-        for name, run in plan(args.quick):
+        for name, run in plan(args.quick, overrides):
             if chosen is not None and name not in chosen and name != "logs":
                 continue
             t0 = time.monotonic()

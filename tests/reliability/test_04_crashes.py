@@ -1,4 +1,5 @@
-"""Poison jobs, SIGKILLed workers and a Redis restart under load (items 2, 3, 5)."""
+"""Poison jobs, SIGKILLed workers and a Redis restart under load (items 2, 3, 5); answers
+resumed after a crash are byte-identical (issue 21 item 5)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from seedx.chaos import scenarios
+from seedx.chaos import resume, scenarios
 from seedx.chaos.stack import QUEUE, Stack
 
 pytestmark = pytest.mark.slow
@@ -32,6 +33,15 @@ def test_sigkilled_worker_loses_nothing(stack: Stack, stage: str) -> None:
     assert figures["orphans_left"] == 0, figures
     if stage == "llm":  # vLLM's engine core (and its worker) ran under the victim
         assert figures["child_processes"] >= 1, figures
+
+
+def test_streams_resumed_after_a_crash_are_byte_identical(stack: Stack) -> None:
+    figures = asyncio.run(resume.resume(stack, runs=2, streams=4))
+    print(figures)
+    assert "error" not in figures, figures
+    assert figures["failed"] == 0, figures
+    assert figures["streams_resumed"] > 0, figures
+    assert figures["byte_identical"] == figures["streams_compared"] == 8, figures
 
 
 def test_redis_restart_under_load(stack: Stack) -> None:
