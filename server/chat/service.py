@@ -27,7 +27,7 @@ from typing import Literal, TypeVar
 
 from pydantic import ValidationError
 
-from server.admission import StageModel
+from server.catalog import Endpoint
 from server.chat.schema import (
     AssistantMessage,
     ChatCompletionRequest,
@@ -67,10 +67,16 @@ class Accepted:
 class _Plan:
     model: str
     sampling: wire.SamplingParams
-    images: ImageSpec | None
-    detokenizer: str | None
-    conditioned: bool
+    images: ImageSpec | None  # None: a text answer
     require_image: bool = False
+
+
+@dataclass(frozen=True)
+class _Renderer:
+    """Where the answer's images are rendered (the model's route, ``server.catalog``)."""
+
+    detokenizer: str
+    conditioned: bool  # renders from the user's input image too (SEED-X-Edit)
 
 
 def _structured(response_format: ResponseFormat | None) -> wire.StructuredOutput | None:
@@ -128,10 +134,7 @@ def _plan(gateway: Gateway, req: ChatCompletionRequest, partial_images: int = 0)
             param=param,
         )
     if not req.wants_images:
-        return _Plan(model, sampling, None, None, False)
-    detokenizer = gateway.settings.models.detokenizers.get(model)
-    if detokenizer is None:
-        raise InvalidRequest(f"model {model!r} cannot answer with images", param="modalities")
+        return _Plan(model, sampling, None)
     spec = ImageSpec.build(
         bounds,
         size=o.size,
@@ -143,8 +146,7 @@ def _plan(gateway: Gateway, req: ChatCompletionRequest, partial_images: int = 0)
         partial_images=partial_images,
         param_prefix="image_options.",
     )
-    conditioned = detokenizer in gateway.settings.models.conditioned
-    return _Plan(model, sampling, spec, detokenizer, conditioned, o.require)
+    return _Plan(model, sampling, spec, o.require)
 
 
 def _image_count(req: ChatCompletionRequest) -> int:
@@ -222,13 +224,17 @@ def _source_image(messages: tuple[wire.ChatMessage, ...]) -> wire.BlobRef | None
 
 
 def _image_factory(
-    scope: RequestScope, plan: _Plan, messages: tuple[wire.ChatMessage, ...]
+    scope: RequestScope,
+    plan: _Plan,
+    renderer: _Renderer | None,
+    messages: tuple[wire.ChatMessage, ...],
 ) -> ImageJobFactory | None:
-    spec, detokenizer = plan.images, plan.detokenizer
-    if spec is None or detokenizer is None:
+    spec = plan.images
+    if spec is None or renderer is None:
         return None
-    source = _source_image(messages) if plan.conditioned else None
-    if plan.conditioned and source is None:
+    detokenizer, conditioned = renderer.detokenizer, renderer.conditioned
+    source = _source_image(messages) if conditioned else None
+    if conditioned and source is None:
         raise InvalidRequest(
             f"{plan.model!r} renders images from an input image: add one", param="messages"
         )
@@ -254,14 +260,20 @@ async def run_chat(
     asks for them, the Responses API's ``image_generation`` tool does (``server.responses``).
     """
     plan = _plan(gateway, req, partial_images)
-    llm = StageModel("llm", plan.model)
-    downstream = [StageModel("diffusion", plan.detokenizer)] if plan.detokenizer else []
-    await gateway.directory.require(llm, downstream)
+    # The model decides next, as on every endpoint: 404, 400 naming the endpoints it serves,
+    # "cannot answer with images", or 503 while it (or its de-tokenizer) has no live worker.
+    route = await gateway.directory.resolve(
+        plan.model, Endpoint.CHAT, images=plan.images is not None
+    )
+    renderer = None
+    if route.detokenizer is not None:
+        conditioned = route.detokenizer in gateway.settings.models.conditioned
+        renderer = _Renderer(route.detokenizer, conditioned)
     if _image_count(req) > gateway.settings.media.max_images:
         limit = gateway.settings.media.max_images
         raise InvalidRequest(f"at most {limit} images per request", param="messages")
     admission = gateway.admission
-    reservation = await admission.admit({llm: 1, **{queue: 1 for queue in downstream}})
+    reservation = await admission.admit({queue: 1 for queue in route.queues})
     async with gateway.dispatcher.scope(
         request_id, gateway.settings.chat_timeout_s, partial(admission.release, reservation)
     ) as scope:
@@ -274,7 +286,7 @@ async def run_chat(
             allow_image_output=plan.images is not None,
             require_image=plan.images is not None and plan.require_image,
         )
-        factory = _image_factory(scope, plan, messages)
+        factory = _image_factory(scope, plan, renderer, messages)
         outputs = await start_pipeline(scope, job, factory)
         yield Accepted(plan.model)
         async for output in outputs:

@@ -122,6 +122,7 @@ def stack(
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
 
 
 def _wait_ready(stack: Stack, processes: list[subprocess.Popen[bytes]]) -> None:
