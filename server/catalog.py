@@ -126,7 +126,7 @@ def route(
     served = endpoints_of(routing, model, stages)
     if endpoint not in served:
         raise InvalidRequest(
-            f"the model {model!r} does not serve {endpoint}; it serves {', '.join(served)}",
+            f"the model {model!r} does not serve this endpoint; it serves {', '.join(served)}",
             param="model",
         )
     requested = StageModel(STAGE_OF[endpoint], model)

@@ -131,6 +131,7 @@ async def test_each_endpoint_refuses_a_model_it_does_not_serve_with_400_naming_t
         assert error["param"] == "model", (model, error)
         assert error["code"] == "invalid_request"
         assert error["message"].endswith("it serves " + ", ".join(endpoints)), error
+        assert "does not serve this endpoint" in error["message"]  # right on /v1/responses too
     assert backend.jobs  # the served ones ran
 
 
