@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.metrics import RejectReason, reject
+from server.unicode import printable
 from workers.errors import InvalidRequest as InvalidRequest  # re-exported: raised here too
 from workers.errors import ModelNotFound as ModelNotFound
 from workers.errors import (
@@ -80,8 +81,11 @@ def error_of_payload(payload: ErrorPayload) -> TransportError:
 def error_body(
     message: str, type_: str, code: str | None, param: str | None = None
 ) -> dict[str, Any]:
-    """OpenAI's error object."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """OpenAI's error object; text echoed from the request is made encodable (a lone surrogate
+    in a message or parameter name would fail the response's own UTF-8 encoding: a 500)."""
+    if param is not None:
+        param = printable(param)
+    return {"error": {"message": printable(message), "type": type_, "param": param, "code": code}}
 
 
 def body_of(exc: TransportError) -> dict[str, Any]:

@@ -39,14 +39,21 @@ def _is_valid(text: str) -> bool:
     return True
 
 
+def printable(text: str) -> str:
+    """``text`` with each lone surrogate written as its escape (``\\ud83d``): what an error
+    may echo back (the raw string would fail the error's own encoding: a 500)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def invalid_text_at(value: Any, path: Path = ()) -> Path | None:
-    """The path of the first string (key or value) in ``value`` that is not valid Unicode."""
+    """The path of the first string (key or value) in ``value`` that is not valid Unicode; a
+    key on the path that is itself invalid is given :func:`printable`."""
     if isinstance(value, str):
         return None if _is_valid(value) else path
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and not _is_valid(key):
-                return (*path, key)
+                return (*path, printable(key))
             found = invalid_text_at(item, (*path, key))
             if found is not None:
                 return found

@@ -253,7 +253,7 @@ class ChatCompletionRequest(BaseModel):
             return None
         biases = {}
         for key, bias in self.logit_bias.items():
-            if not key.isdigit():
+            if not (key.isascii() and key.isdigit()):  # "²" is a digit int() refuses
                 raise InvalidRequest(
                     f"logit_bias key {key!r} is not a token id", param="logit_bias"
                 )

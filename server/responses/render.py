@@ -45,7 +45,7 @@ def usage(totals: Finished) -> dict[str, Any]:
     """The Responses ``usage`` object."""
     return {
         "input_tokens": totals.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": totals.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": totals.prompt_tokens + totals.completion_tokens,

@@ -98,3 +98,15 @@ async def test_an_unknown_path_is_logged_with_its_path(
         response = await client.get("/v1/nowhere/at-all")
     assert response.status_code == 404
     assert any("GET /v1/nowhere/at-all -> 404" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("key", ["²", "１２", "-1", ""])
+async def test_a_logit_bias_key_that_is_no_token_id_is_a_400(
+    client: httpx.AsyncClient, key: str
+) -> None:
+    """ "²" passed ``str.isdigit`` and failed ``int()``: a 500 the hostile corpus found."""
+    response = await client.post(
+        "/v1/chat/completions", json={"messages": USER, "logit_bias": {key: 1}}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "logit_bias"

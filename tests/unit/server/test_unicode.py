@@ -66,5 +66,13 @@ async def test_a_surrogate_pair_and_other_scripts_pass(client: httpx.AsyncClient
 
 def test_the_walk_names_keys_and_list_items() -> None:
     assert invalid_text_at({"a": ["ok", {"b": "\ud800"}]}) == ("a", 1, "b")
-    assert invalid_text_at({"\udfff": 1}) == ("\udfff",)
+    assert invalid_text_at({"\udfff": 1}) == ("\\udfff",)  # named printably
     assert invalid_text_at({"a": ["😀", 1, None]}) is None
+
+
+async def test_a_lone_surrogate_in_a_key_is_named_printably(client: httpx.AsyncClient) -> None:
+    """The corpus found this one: the 400 echoed the key, and its own encoding failed (500)."""
+    body = '{"messages": [{"role": "user", "content": "hi"}], "\\ud800": 1}'
+    response = await client.post("/v1/chat/completions", content=body, headers=JSON)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "\\ud800"
