@@ -10,9 +10,11 @@ was made is in ``docs/parity.md``. This module runs *this* project on the same t
     states -> output resampler -> de-tokenizer conditioning -> condition latent -> seeded
     sampling (latents, decoded image); token ids of raw prompts.
 
-Floats must agree within ``atol = rtol = 1e-5`` in fp32 (``torch.allclose``), ids exactly. In
-fp16 the same comparison runs against the looser serving bound of :data:`FP16_BOUNDS` (measured
-with ``seedx bench parity --dtype float16``). The test suite and ``seedx bench parity`` share
+Floats must agree within ``atol = rtol = 1e-5`` in fp32 (``torch.allclose``), ids exactly; the
+final latents of the iterated sampling loop, whose rounding is set by the kernels the CPU picks,
+within :data:`SAMPLING_REL_TOL` of their scale (max |x|). In fp16 the same comparison runs
+against the looser serving bound of :data:`FP16_BOUNDS` (measured with
+``seedx bench parity --dtype float16``). The test suite and ``seedx bench parity`` share
 this code, so the table a user prints is the one CI holds.
 """
 
@@ -49,6 +51,15 @@ from engine.prompts import (
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "tests" / "golden" / "parity"
 FP32_TOL = 1e-5
+# Final latents of seeded sampling (4 Euler steps through a UNet, with guidance), fp32: max |ours -
+# oracle| <= SAMPLING_REL_TOL * max |oracle|, on any x86-64 kernel set (docs/parity.md, "Iterated
+# sampling"). Changing the kernels (SIMD width, blocking, threads) changes each UNet call's
+# summation order: <= 11 eps of max |eps| measured per call (elementwise ops round the same on
+# every kernel set). Guidance adds 2s - 1 = 14 such errors (s = 7.5), the Euler steps add them
+# times sum |d sigma| = sigma_0 = 4.12, and max |eps| / max |x| <= 2.63 / 25.6, so the
+# first-order worst case is 4.12 * 14 * 11 eps * 0.103 = 65 eps = 7.8e-6 of max |x|. Measured
+# across kernel sets: <= 3.0e-6; 1% more guidance on the last step alone gives 3.2e-5.
+SAMPLING_REL_TOL = 1e-5
 # fp16 on CPU against the fp32 oracle: max |diff| measured with `seedx bench parity --dtype
 # float16` was below half of each bound (docs/parity.md has the figures).
 FP16_BOUNDS: dict[str, float] = {
@@ -383,15 +394,16 @@ def _compare_sampling(golden: Golden, pipes: dict[str, Any], cmp: _Comparer) -> 
         )  # fmt: skip
         own = _to_dtype(own, pipe.dtype)
         latents = pipe.sample([own], options)
-        # fp32: exact up to 1e-5; half precision: relative to the latents' scale, as below
-        held = cmp.tensors if cmp.report.dtype == torch.float32 else cmp.relative
-        held(f"{label}, oracle conditioning in: final latents", latents,
-             exp[f"sample.{name}.latents"], "detokenizer")  # fmt: skip
-        # 2. end to end: our conditioning; random UNets amplify its ~1e-6 differences over the
-        # steps, so the latents are held relative to their scale and the image absolutely
+        # Iterated sampling is held relative to the latents' scale in every dtype: the UNet mixes
+        # every element, so its rounding (which the CPU's kernels set) is as large next to a
+        # near-zero element as next to the largest one (SAMPLING_REL_TOL says how large).
+        cmp.relative(f"{label}, oracle conditioning in: final latents", latents,
+                     exp[f"sample.{name}.latents"], "sampling")  # fmt: skip
+        # 2. end to end: our conditioning (~1e-6 from the oracle's) through the same loop, so the
+        # same relative bound; the decoded image is held absolutely
         latents = pipe.sample(jobs, options)
         cmp.relative(f"{label}, end to end: final latents", latents, exp[f"sample.{name}.latents"],
-                     "detokenizer")  # fmt: skip
+                     "sampling")  # fmt: skip
         with torch.no_grad():
             scaled = latents.to(pipe.vae.device, pipe.vae.dtype) / pipe.vae.config.scaling_factor
             decoded = (pipe.vae.decode(scaled).sample / 2 + 0.5).clamp(0, 1)
@@ -430,6 +442,8 @@ def tolerance(dtype: torch.dtype) -> Callable[[str], float]:
             return 0.0
         if kind == "preprocessing":  # PIL + fp32 in every serving dtype
             return FP32_TOL
+        if kind == "sampling":  # final latents, relative to their scale
+            return SAMPLING_REL_TOL if dtype == torch.float32 else FP16_BOUNDS["detokenizer"]
         return FP32_TOL if dtype == torch.float32 else FP16_BOUNDS[kind]
 
     return tol

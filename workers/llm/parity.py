@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     report = run_parity(golden, dtype=dtype, only=set(args.only) if args.only else None)
     if not args.no_vllm:
         report.rows += run_vllm_parity(golden, dtype).rows
-    print(f"parity with {golden.cases['source']}, project in {args.dtype} on CPU")
+    kernels = torch.backends.cpu.get_cpu_capability()  # ATEN_CPU_CAPABILITY picks another
+    print(
+        f"parity with {golden.cases['source']}, project in {args.dtype} on CPU ({kernels} kernels)"
+    )
     print(report.table())
     failed = report.failures()
     took = time.perf_counter() - started
