@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from server.dispatch import RequestScope
+from server.dispatch import RequestScope, fresh_seed
 from server.rendering import ImageSpec
 from workers.protocol import (
     BlobRef,
@@ -63,9 +63,12 @@ def diffusion_job(
     Each job gets its own envelope here, so its own ``job_id``: a reply stream subscription is
     per job, and ``n`` images sharing one id were the ``n=2`` 500 of issue 21. The job type
     follows from what it renders: an embedding alone (generate), an embedding and a source
-    image (edit, three-branch guidance), a source image alone (variation, reconstruction).
+    image (edit, three-branch guidance), a source image alone (variation, reconstruction). A job
+    the client gave no seed gets one here, as chat jobs do (``server.dispatch.fresh_seed``).
     """
     fields: dict[str, Any] = {**scope.envelope(), "model": detokenizer, **spec.job_fields(ordinal)}
+    if fields["seed"] is None:  # a reclaimed job then renders the same picture its previews showed
+        fields["seed"] = fresh_seed()
     if embedding is None:
         if source is None:
             raise ValueError("a diffusion job renders an embedding, a source image, or both")

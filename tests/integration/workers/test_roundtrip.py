@@ -15,7 +15,13 @@ from workers.handler import JobContext
 from workers.protocol import Event, Failed, Job, Started, new_id
 from workers.settings import QueueSettings, RedisSettings
 
-NON_TERMINAL = [name for name in examples.EVENTS if name not in ("started", "done", "failed")]
+# One Usage per job, as workers send it (the gateway keeps the first: workers.replies), so the
+# second Usage example, the one with prompt_image_tokens, is not sent in the same job.
+NON_TERMINAL = [
+    name
+    for name in examples.EVENTS
+    if name not in ("started", "done", "failed", "usage_image_tokens")
+]
 
 
 def _fresh(job: Job, reply_to: str) -> Job:
