@@ -376,13 +376,12 @@ def _compare_sampling(golden: Golden, pipes: dict[str, Any], cmp: _Comparer) -> 
             latent = pipe.encode_condition([source], case["height"], case["width"])
             cmp.tensors("edit: condition latent (VAE mode, unscaled)", latent,
                         exp["sample.edit.condition_latent"], "detokenizer")  # fmt: skip
-            job = EditJob(feats, source, seed, scale, image_scale)
-            jobs = pipe.prepare_edit([job], options)
+            jobs = pipe.prepare_edit([EditJob(feats, source, seed, scale, image_scale)], options)
         else:
             second = name.endswith("second_stage")
             pipe = pipes["second_stage" if second else "first_stage"]
-            job = ReconstructJob(source, source if second else None, seed, scale, image_scale)
-            jobs = pipe.prepare_reconstruct([job], options)
+            rec = ReconstructJob(source, source if second else None, seed, scale, image_scale)
+            jobs = pipe.prepare_reconstruct([rec], options)
         label = f"{name} sampling ({case['steps']} Euler steps, {case['width']}x{case['height']})"
         # 1. the loop alone: the oracle's own conditioning (and condition latent) in
         cond = f"detok.{name}"
