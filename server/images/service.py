@@ -9,8 +9,10 @@
   ``n`` ``ImageEditJob`` with the embedding and the source blob (three-branch guidance).
 * **variations**: ``n`` ``ImageReconstructJob`` on the first-stage de-tokenizer; no LLM.
 
-Checks run in the order of ``server.chat.service`` (400, 404/503, 429, then images). Each flow
-yields :class:`Accepted` once its jobs are queued.
+The three are one path (:func:`plan`, then :func:`run`), so a fix cannot land in one and miss
+the others (``n=2`` once worked on variations alone). Checks run in the order of
+``server.chat.service`` (400, 404/503, 429, then images); :func:`run` yields :class:`Accepted`
+once the jobs are queued.
 """
 
 from __future__ import annotations
@@ -82,15 +84,11 @@ def plan(gateway: Gateway, req: ImagesRequest) -> ImagesPlan:
         return ImagesPlan(spec, req.model or routing.variations)
     if isinstance(req, ImageEditForm):
         model = req.model or routing.edits
-        detokenizer = _detokenizer(gateway, model, conditioned=True)
+        detokenizer = gateway.directory.detokenizer_for(model, conditioned=True)
         return ImagesPlan(spec, detokenizer, model, "edit", req.prompt, req.image_guidance_scale)
     model = req.model or routing.generations
-    detokenizer = _detokenizer(gateway, model, conditioned=False)
+    detokenizer = gateway.directory.detokenizer_for(model, conditioned=False)
     return ImagesPlan(spec, detokenizer, model, "generate", req.prompt)
-
-
-def _detokenizer(gateway: Gateway, model: str, *, conditioned: bool) -> str:
-    return gateway.directory.detokenizer_for(model, conditioned=conditioned)
 
 
 async def _admit(
