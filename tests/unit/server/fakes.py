@@ -4,6 +4,26 @@ Each stage has a *script*: an async generator ``script(job, backend)`` yielding 
 worker would send. The fake wraps them in ``Reply`` envelopes, records every job, cancellation
 and blob, and can be told to refuse submissions (overload, outage) or to report queue loads and
 live workers, so gateway logic is tested without a transport.
+
+The same scripts also run in real workers on a real Redis
+(:class:`tests.unit.server.redis_backend.RedisScriptedBackend`, the ``redis`` param of the
+``backend`` fixture), so the fake keeps the contracts of the real parts it stands in for, where
+that is cheap (issue 21):
+
+- one subscription per job: submitting a ``job_id`` whose events are still awaited raises the
+  ``ValueError`` that :meth:`workers.replies.ReplyReader.subscribe` raises, and a job must name
+  this backend's ``reply_to`` (as :meth:`workers.transport.Transport.submit` demands);
+- what the worker loop (``workers.execution``) adds around a handler: ``Started`` first, ``Done``
+  when the script just ends (``Failed(cancelled)`` when it ends after a cancellation), and a
+  ``Failed`` event for a script that raises anything but a :class:`TransportError`;
+- a stream is one pass, like a ``Subscription``: iterating it again resumes (or ends), it stops
+  after ``close()``, and it ends with ``DeadlineExceeded`` a grace period after the job's
+  deadline instead of hanging.
+
+A script that *raises* a :class:`TransportError` plays the reply reader's side (a deadline or an
+outage surfacing in the gateway): the fake raises it from the stream. Scripts must not block the
+event loop and must use ``backend`` (blobs, knobs, ``cancelled_event``) rather than fake-only
+state, so that they run unchanged in a real worker.
 """
 
 from __future__ import annotations
@@ -15,17 +35,24 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from workers import keys
-from workers.errors import BlobMissing, TransportError
+from workers.blobs import checksum
+from workers.errors import BlobMissing, Cancelled, DeadlineExceeded, TransportError
+from workers.handler import failure_event
 from workers.protocol import (
     BlobRef,
     Boxes,
     ChatJob,
     Done,
     EmbeddingReady,
+    ErrorPayload,
     Event,
+    Failed,
+    FinishReason,
     ImageReady,
     Job,
     PartialImage,
@@ -38,8 +65,14 @@ from workers.protocol import (
     WorkerInfo,
     new_id,
 )
+from workers.settings import QueueSettings
 
-Script = Callable[[Job, "FakeBackend"], AsyncIterator[Event]]
+Script = Callable[[Job, Any], AsyncIterator[Event]]
+"""``script(job, backend)``: ``backend`` is a :class:`FakeBackend` or, in a real worker, a
+``RedisScriptedBackend``; both offer the knobs below, ``blobs`` and ``cancelled_event``."""
+
+REPLY_GRACE_S = QueueSettings().reply_grace_s
+"""How long past a job's deadline a stream still waits, as the real reply reader does."""
 
 
 def png_bytes(
@@ -67,10 +100,29 @@ class FakeBlobs:
         owner: str | None = None,
         ttl_s: float | None = None,
     ) -> BlobRef:
-        ref = BlobRef(key=keys.blob_key(new_id()), nbytes=len(data), content_type=content_type)
-        self.data[ref.key] = data
-        if owner is not None:
-            self.owners.setdefault(owner, set()).add(ref.key)
+        ref = BlobRef(
+            key=keys.blob_key(new_id()),
+            nbytes=len(data),
+            content_type=content_type,
+            checksum=checksum(data),
+        )
+        self._store(ref, data, owner)
+        return ref
+
+    async def put_tensor(
+        self, array: NDArray[np.generic], *, owner: str | None = None, ttl_s: float | None = None
+    ) -> BlobRef:
+        """A tensor blob, referenced as ``BlobStore.put_tensor`` references one."""
+        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        ref = BlobRef(
+            key=keys.blob_key(new_id()),
+            nbytes=len(data),
+            content_type="application/x-seedx-tensor",
+            dtype=array.dtype.name,  # type: ignore[arg-type]  # the scripts pass float16
+            shape=tuple(int(dim) for dim in array.shape),
+            checksum=checksum(data),
+        )
+        self._store(ref, data, owner)
         return ref
 
     def put_tensor_ref(self) -> BlobRef:
@@ -90,35 +142,94 @@ class FakeBlobs:
             self.data.pop(key, None)
         return len(keys_)
 
+    def _store(self, ref: BlobRef, data: bytes, owner: str | None) -> None:
+        self.data[ref.key] = data
+        if owner is not None:
+            self.owners.setdefault(owner, set()).add(ref.key)
+
 
 class FakeStream:
-    """The events of one job, produced by running its stage script."""
+    """The events of one job, produced by running its stage script (one pass, like a
+    ``Subscription``; see the module docstring for what the worker loop's part adds)."""
 
     def __init__(self, job: Job, backend: FakeBackend, script: Script) -> None:
         self.job = job
         self._backend = backend
         self._script = script
+        self._events: AsyncIterator[Reply] | None = None
+        self._finished = False
         self.closed = False
 
-    async def __aiter__(self) -> AsyncIterator[Reply]:
+    def __aiter__(self) -> FakeStream:
+        return self
+
+    async def __anext__(self) -> Reply:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._events is None:
+            self._events = self._replies()
+        timeout = max(0.0, self.job.deadline + REPLY_GRACE_S - time.time())
+        try:
+            async with asyncio.timeout(timeout):  # unlike wait_for, never swallows a cancel
+                reply = await self._events.__anext__()
+        except TimeoutError:
+            self._finish()
+            raise DeadlineExceeded(
+                f"job {self.job.job_id} did not finish before its deadline"
+            ) from None
+        except BaseException:
+            self._finish()
+            raise
+        if reply.is_terminal:
+            self._finish()
+        return reply
+
+    async def _replies(self) -> AsyncIterator[Reply]:
         seq = 0
+        stage = self.job.stage
+        async for event in self._events_of_the_worker_loop():
+            if seq == 0 and not isinstance(event, Started):
+                yield self._reply(0, Started(worker_id=f"fake-{stage}", queue_wait_s=0.0))
+                seq = 1
+            yield self._reply(seq, event)
+            seq += 1
+            if isinstance(event, Done | Failed):
+                return
+
+    async def _events_of_the_worker_loop(self) -> AsyncIterator[Event]:
+        """The script's events, ended the way ``workers.execution`` ends a handler's."""
+        self._backend.received.append(self.job)
         try:
             async for event in self._script(self.job, self._backend):
-                yield Reply(
-                    job_id=self.job.job_id,
-                    request_id=self.job.request_id,
-                    attempt=1,
-                    seq=seq,
-                    event=event,
-                )
-                seq += 1
-                if isinstance(event, Done) or getattr(event, "type", "") == "failed":
+                yield event
+                if isinstance(event, Done | Failed):
                     return
         except TransportError:
-            raise
+            raise  # the reply reader's side: a deadline or an outage (see the module docstring)
+        except Exception as exc:
+            yield failure_event(exc)
+            return
+        if self._backend.cancelled_event(self.job.job_id).is_set():
+            yield Failed(error=ErrorPayload.from_error(Cancelled("the job was cancelled")))
+        else:
+            yield Done()
+
+    def _reply(self, seq: int, event: Event) -> Reply:
+        return Reply(
+            job_id=self.job.job_id,
+            request_id=self.job.request_id,
+            attempt=1,
+            seq=seq,
+            event=event,
+        )
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._backend.unsubscribe(self.job.job_id, self)
 
     def close(self) -> None:
         self.closed = True
+        self._finish()
 
 
 def _fake_logprobs(job: ChatJob, piece: str) -> tuple[TokenLogprob, ...] | None:
@@ -148,10 +259,13 @@ async def llm_script(job: Job, backend: FakeBackend) -> AsyncIterator[Event]:
             yield Boxes(boxes=backend.llm_boxes, choice=choice)
         if job.allow_image_output and backend.llm_images:
             for index in range(backend.llm_images):
-                ref = backend.blobs.put_tensor_ref()
+                # owned by the job, as the real LLM worker stores its embeddings
+                embedding = np.zeros((2, 2), dtype=np.float16)
+                ref = await backend.blobs.put_tensor(embedding, owner=job.job_id)
                 yield EmbeddingReady(embedding=ref, image_index=index, choice=choice)
     yield Usage(prompt_tokens=7, completion_tokens=len(backend.llm_text) * job.sampling.n)
-    yield Done(finish_reasons=("stop",) * job.sampling.n)
+    stop: tuple[FinishReason, ...] = ("stop",)
+    yield Done(finish_reasons=stop * job.sampling.n)
 
 
 async def diffusion_script(job: Job, backend: FakeBackend) -> AsyncIterator[Event]:
@@ -193,9 +307,12 @@ class FakeBackend:
     redis_up: bool = True
     blobs: FakeBlobs = field(default_factory=FakeBlobs)
     jobs: list[Job] = field(default_factory=list)
+    received: list[Job] = field(default_factory=list)
+    """Every job a script ran for (as a worker received it)."""
     cancelled: list[str] = field(default_factory=list)
     started: bool = False
     _cancel_events: dict[str, asyncio.Event] = field(default_factory=dict)
+    _subscriptions: dict[str, FakeStream] = field(default_factory=dict)
 
     reply_to: str = keys.reply_stream("fake")
 
@@ -209,10 +326,23 @@ class FakeBackend:
         self.started = False
 
     async def submit(self, job: Job) -> FakeStream:
+        """Like ``Transport.submit``: check ``reply_to``, subscribe, then enqueue (or refuse)."""
+        if job.reply_to != self.reply_to:
+            raise ValueError(f"job.reply_to must be {self.reply_to!r} to be answered here")
+        if job.job_id in self._subscriptions:
+            raise ValueError(f"job {job.job_id} already has a subscription")
+        stream = FakeStream(job, self, self.scripts[job.stage])
+        self._subscriptions[job.job_id] = stream
         if self.submit_error is not None:
+            stream.close()
             raise self.submit_error
         self.jobs.append(job)
-        return FakeStream(job, self, self.scripts[job.stage])
+        return stream
+
+    def unsubscribe(self, job_id: str, stream: FakeStream) -> None:
+        """Forget a finished or closed stream (its ``job_id`` may be submitted again)."""
+        if self._subscriptions.get(job_id) is stream:
+            del self._subscriptions[job_id]
 
     async def cancel(self, job_id: str) -> None:
         self.cancelled.append(job_id)
