@@ -112,11 +112,7 @@ _SWALLOWED_CANCEL = (
     "takes the event and goes on waiting"
 )
 
-REDIS_XFAIL: dict[str, str] = {
-    "test_backend_contract.py::test_cancelling_a_waiter_ends_it_even_as_an_event_arrives": (
-        _SWALLOWED_CANCEL
-    ),
-}
+REDIS_XFAIL: dict[str, str] = {}
 """``file::test`` -> the bug that makes it fail on ``redis`` (strict xfail there)."""
 
 _DISCONNECT_RACE = (
@@ -125,11 +121,7 @@ _DISCONNECT_RACE = (
     "0.2 s sleep assumes the fake's zero latency)"
 )
 
-REDIS_FLAKY: dict[str, str] = {
-    "test_lifecycle.py::test_client_disconnect_cancels_the_job": _DISCONNECT_RACE,
-    "test_lifecycle.py::test_disconnect_during_images_cancels_every_job": _DISCONNECT_RACE,
-    "test_responses_stream.py::test_client_disconnect_cancels_the_job": _DISCONNECT_RACE,
-}
+REDIS_FLAKY: dict[str, str] = {}
 """``file::test`` -> why it fails on ``redis`` now and then (a non-strict xfail there: a race
 cannot fail every time); the deterministic case is in :data:`REDIS_XFAIL`."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -141,17 +142,26 @@ class ASGICall:
         ).decode()
 
 
+async def _until(condition: Any, timeout_s: float = 10.0) -> None:
+    """Wait for ``condition()`` (a loaded CPU or the real transport is not instant)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the condition"
+        await asyncio.sleep(0.01)
+
+
 async def leave_mid_answer(app: FastAPI, path: str, body: dict[str, Any], backend: Any) -> ASGICall:
-    """Starts ``body`` on ``path``, lets it run 0.2 s, then the client leaves; asserts the job
-    was running, uncancelled, until then, and that the leaving cancelled it (and only it)."""
+    """Starts ``body`` on ``path``, waits until its job is submitted and the answer has begun,
+    then the client leaves; asserts the job was running, uncancelled, until then, and that the
+    leaving cancelled it (and only it)."""
     call = ASGICall(app, path, body)
     task = asyncio.create_task(call.run())
-    await asyncio.sleep(0.2)
-    assert backend.jobs
+    await _until(lambda: backend.jobs and (call.sent or not body.get("stream")))
+    await asyncio.sleep(0.1)  # a few tokens in
     assert backend.cancelled == []
     call.gone.set()
-    await asyncio.wait_for(task, 2)
-    await asyncio.sleep(0.02)
+    await asyncio.wait_for(task, 10)
+    await _until(lambda: backend.cancelled)
     assert backend.cancelled == [backend.jobs[0].job_id]
     return call
 
