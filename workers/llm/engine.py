@@ -51,6 +51,14 @@ from workers.llm.types import (
 
 logger = logging.getLogger(__name__)
 
+ENGINE_SHUTDOWN_TIMEOUT_S = 12.0
+"""How long vLLM's engine core and its workers get to exit in order before vLLM kills them.
+vLLM's own default is 5 s: on a busy CPU host its worker process took longer, was killed, and
+left its shared memory to Python's resource tracker (the ``leaked shared_memory`` warnings of
+issue 16 came back under load). 12 s stays inside the margin that the chart's worker
+termination grace adds to the job drain (``shutdown.marginSeconds``, 15 s) and inside the
+supervisor's 30 s grace (``seedx.supervisor``)."""
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -178,7 +186,7 @@ class SeedXLLMEngine:
         try:
             await llm.collective_rpc("seedx_install_capture", args=(config.capture_entries,))
         except BaseException:
-            llm.shutdown()
+            llm.shutdown(timeout=ENGINE_SHUTDOWN_TIMEOUT_S)
             raise
         return cls(llm, config)
 
@@ -188,9 +196,10 @@ class SeedXLLMEngine:
         return self.llm is not None and not self.llm.errored
 
     def shutdown(self) -> None:
-        """Stops vLLM's engine processes (idempotent)."""
+        """Stops vLLM's engine processes (idempotent), giving them
+        :data:`ENGINE_SHUTDOWN_TIMEOUT_S` to exit in order."""
         if self.llm is not None:
-            self.llm.shutdown()
+            self.llm.shutdown(timeout=ENGINE_SHUTDOWN_TIMEOUT_S)
             self.llm = None
 
     # -- public API ------------------------------------------------------------------------------

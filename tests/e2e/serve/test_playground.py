@@ -132,7 +132,8 @@ def test_generate_shows_previews_then_the_final_image(
 ) -> None:
     open_tab(browser, served.base_url, "generate")
     browser.fill("#generate-prompt", "a lighthouse at dusk")
-    set_options(browser, "generate-form", size=f"{SIDE}x{SIDE}", steps=12, seed=3)
+    # Count 2: n=2 on generations was a 500 (issue 21, item 1)
+    set_options(browser, "generate-form", size=f"{SIDE}x{SIDE}", steps=12, seed=3, n=2)
     browser.eval(
         """(() => {
         window.__captions = [];
@@ -147,7 +148,7 @@ def test_generate_shows_previews_then_the_final_image(
     browser.click("#generate-form button[type=submit]")
     browser.wait_for("window.__captions.some((c) => c.startsWith('preview'))", every_s=0.02)
     screenshot(browser, shots, "generate-preview")
-    wait_final(browser, "generate-results")
+    wait_final(browser, "generate-results", count=2)
     captions = browser.eval("window.__captions")
     assert captions[-1] == "final", captions
     assert len(captions) >= 2, captions
@@ -160,9 +161,9 @@ def test_edit(served: Served, browser: Browser, photo: Path, shots: Path) -> Non
     open_tab(browser, served.base_url, "edit")
     browser.set_files("#edit-image", photo)
     browser.fill("#edit-prompt", "make the circle green")
-    set_options(browser, "edit-form", size=f"{SIDE}x{SIDE}", steps=6)
+    set_options(browser, "edit-form", size=f"{SIDE}x{SIDE}", steps=6, n=2)  # issue 21, item 1
     browser.click("#edit-form button[type=submit]")
-    wait_final(browser, "edit-results")
+    wait_final(browser, "edit-results", count=2)
     assert error_text(browser) == ""
     screenshot(browser, shots, "edit")
 
