@@ -61,6 +61,19 @@ async def _pending(redis: Redis) -> int:
     return int(found["pending"])
 
 
+def _worker(client: Redis, settings: QueueSettings, engine: Engine, capacity: int = 1) -> Worker:
+    """A worker of ``MODEL`` running ``engine``, which it polls for liveness."""
+    return Worker(
+        client,
+        settings,
+        stage="llm",
+        model=MODEL,
+        handler=engine,
+        capacity=capacity,
+        alive=lambda: engine.alive,
+    )
+
+
 async def _wait_for(check: object, timeout_s: float) -> float:
     """Seconds until ``check()`` (an async callable) is true; fails after ``timeout_s``."""
     began = time.monotonic()
@@ -84,14 +97,7 @@ async def test_an_idle_worker_whose_engine_died_deregisters_at_once_and_raises(
 ) -> None:
     engine = Engine()
     client = create_redis(redis_settings)
-    worker = Worker(
-        client,
-        slow_heartbeats,
-        stage="llm",
-        model=MODEL,
-        handler=engine,
-        alive=lambda: engine.alive,
-    )
+    worker = _worker(client, slow_heartbeats, engine)
     registry = WorkerRegistry(redis, slow_heartbeats)
     run = asyncio.create_task(worker.run())
     try:
@@ -116,15 +122,7 @@ async def test_jobs_held_when_the_engine_dies_are_handed_back_unanswered_and_fin
 ) -> None:
     engine = Engine()
     client = create_redis(redis_settings)
-    worker = Worker(
-        client,
-        slow_heartbeats,
-        stage="llm",
-        model=MODEL,
-        handler=engine,
-        capacity=2,
-        alive=lambda: engine.alive,
-    )
+    worker = _worker(client, slow_heartbeats, engine, capacity=2)
     async with gateway(redis_settings, slow_heartbeats) as gw:
         running = await gw.submit(chat_job(gw.reply_to, deadline_s=60))
         run = asyncio.create_task(worker.run())
