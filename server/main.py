@@ -60,6 +60,7 @@ def main(
 
     from server.app import create_app
     from server.settings import GatewaySettings
+    from workers.startup import listening_socket
 
     overrides: dict[str, Any] = {}
     if host is not None:
@@ -71,13 +72,19 @@ def main(
     settings = GatewaySettings(**overrides)
     configure_logging(log_level)
     logger.info("gateway starting on %s:%d", settings.host, settings.port)  # no URL: secrets
+    # The socket is bound first, by us: a taken port is one clear StartupError line within a
+    # second (exit code 78, which `seedx serve` does not restart), not uvicorn's log, exit 1
+    # and a restart loop.
+    sock = listening_socket(
+        settings.host, settings.port, "another process holds it: set --port or SEEDX_GATEWAY_PORT"
+    )
     app = create_app(settings)
     # Everything built so far (modules, schemas, routes) lives as long as the process: moved out
     # of the collector's generations, full collections stop re-scanning it, which shortens the
     # pauses that land on requests (time-to-429 and TTFT tails; issue 9).
     gc.collect()
     gc.freeze()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -85,4 +92,5 @@ def main(
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+    uvicorn.Server(config).run(sockets=[sock])
     return 0

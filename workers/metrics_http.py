@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import threading
 import time
@@ -19,6 +20,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+
+from workers.startup import StartupError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,15 @@ def metrics_app(alive: Liveness) -> Callable[..., Iterable[bytes]]:
 def start_metrics_server(port: int, host: str, alive: Liveness) -> WSGIServer:
     """Serves :func:`metrics_app` on ``host:port`` from a daemon thread; returns the server
     (``shutdown()`` it to stop). Port 0 in tests picks a free port (``server.server_port``)."""
-    server = make_server(host, port, metrics_app(alive), ThreadingWSGIServer, _QuietHandler)
+    try:
+        server = make_server(host, port, metrics_app(alive), ThreadingWSGIServer, _QuietHandler)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise StartupError(
+            f"/metrics: port {port} on {host} is already in use (another process holds it: "
+            "set the worker's metrics_port)"
+        ) from exc
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     logger.info("metrics on http://%s:%d/metrics (liveness /healthz)", host, server.server_port)

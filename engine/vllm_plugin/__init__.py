@@ -30,9 +30,10 @@ def register() -> None:
     a vLLM child process's life to its parent's."""
     from vllm import ModelRegistry
 
-    from .lifeline import follow_parent
+    from .lifeline import follow_parent, quick_teardown
 
     follow_parent()
+    quick_teardown()
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "engine.vllm_plugin.model:SeedXForCausalLM")

@@ -97,7 +97,12 @@ def test_serve_makes_the_gateway_ready_only_when_each_model_it_starts_is(
         "detokenizers": {"first_stage": {}, "second_stage": {}},
     }
     args = argparse.Namespace(
-        llm=["seed-x-i"], host="127.0.0.1", port=8000, api_key=None, device="cpu"
+        llm=["seed-x-i"],
+        host="127.0.0.1",
+        port=8000,
+        api_key=None,
+        device="cpu",
+        metrics_port=0,
     )
     specs = build_specs(tmp_path, manifest, "redis://x/0", args, demo=False)
     gateway = next(spec for spec in specs if spec.name == "gateway")
