@@ -83,6 +83,7 @@ def build_specs(
         "SEEDX_GATEWAY_HOST": args.host,
         "SEEDX_GATEWAY_PORT": str(args.port),
         "SEEDX_GATEWAY_REDIS__URL": redis_url,
+        "SEEDX_GATEWAY_DEMO": json.dumps(demo),  # /v1/models says the weights are random
     }
     if "SEEDX_GATEWAY_MODELS__READINESS" not in os.environ:
         # /readyz is 503 while a model started here has no live worker (loading, restarting)

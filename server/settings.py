@@ -223,6 +223,13 @@ class GatewaySettings(BaseSettings):
     playground_enabled: bool = Field(
         default=True, description="Serve the web playground at / (its API calls need a key)."
     )
+    demo: bool = Field(
+        default=False,
+        description="The workers serve seedx serve's tiny demo checkpoints (random weights): "
+        "/v1/models marks each model demo: true, so clients such as the playground can say "
+        "that answers are gibberish and images noise, and keep their defaults small. "
+        "seedx serve sets it when it serves the demo.",
+    )
     models: ModelRouting = Field(default_factory=ModelRouting, description=ModelRouting.__doc__)
     media: MediaLimits = Field(default_factory=MediaLimits, description=MediaLimits.__doc__)
     fetch: FetchSettings = Field(default_factory=FetchSettings, description=FetchSettings.__doc__)

@@ -18,13 +18,13 @@ router = APIRouter(tags=["models"])
 @router.get("/v1/models", responses=ERROR_RESPONSES)
 async def get_models(gateway: GatewayDep) -> ModelList:
     """The models some live worker serves now."""
-    return await list_models(gateway.directory)
+    return await list_models(gateway.directory, demo=gateway.settings.demo)
 
 
 @router.get("/v1/models/{model}", responses=ERROR_RESPONSES)
 async def get_model(model: Annotated[str, Path(max_length=128)], gateway: GatewayDep) -> ModelCard:
     """One served model; 404 ``model_not_found`` when no live worker serves it."""
-    for card in (await list_models(gateway.directory)).data:
+    for card in (await list_models(gateway.directory, demo=gateway.settings.demo)).data:
         if card.id == model:
             return card
     if gateway.directory.known_stages(model):

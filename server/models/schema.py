@@ -10,8 +10,8 @@ from workers.keys import Stage
 
 
 class ModelCard(BaseModel):
-    """One served model. ``stage``, ``workers`` and ``endpoints`` are SEED-X additions (OpenAI's
-    clients keep extra fields of a ``Model``)."""
+    """One served model. ``stage``, ``workers``, ``endpoints`` and ``demo`` are SEED-X additions
+    (OpenAI's clients keep extra fields of a ``Model``)."""
 
     id: str
     object: Literal["model"] = "model"
@@ -22,6 +22,11 @@ class ModelCard(BaseModel):
     endpoints: list[str] = Field(
         description="The endpoints that serve it, e.g. /v1/chat/completions; another endpoint "
         "answers 400 naming these."
+    )
+    demo: bool = Field(
+        default=False,
+        description="True when it is the tiny demo of seedx serve: random weights, so text is "
+        "gibberish and images are noise (the gateway's demo setting).",
     )
 
 

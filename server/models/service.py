@@ -9,8 +9,13 @@ from workers.keys import Stage
 from workers.protocol import WorkerInfo
 
 
-async def list_models(directory: ModelDirectory) -> ModelList:
-    """One card per (model, stage) that some live worker serves, sorted by id."""
+async def list_models(directory: ModelDirectory, *, demo: bool = False) -> ModelList:
+    """One card per (model, stage) that some live worker serves, sorted by id.
+
+    ``demo``: the gateway's ``demo`` setting, copied onto every card (one deployment serves
+    either the demo checkpoints or real ones), so a client learns it from the list it reads
+    anyway.
+    """
     groups: dict[tuple[str, Stage], list[WorkerInfo]] = {}
     for worker in await directory.workers():
         groups.setdefault((worker.model, worker.stage), []).append(worker)
@@ -21,6 +26,7 @@ async def list_models(directory: ModelDirectory) -> ModelList:
             stage=stage,
             workers=len(workers),
             endpoints=[str(e) for e in endpoints_of(directory.routing, model, {stage})],
+            demo=demo,
         )
         for (model, stage), workers in sorted(groups.items())
     ]

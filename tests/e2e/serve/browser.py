@@ -1,7 +1,9 @@
 """Headless Chromium driven over the DevTools protocol (CDP), with nothing but ``websockets``.
 
 Just what the playground test needs: open a page, run JavaScript in it, wait for a condition,
-attach files to an ``<input type=file>``, take screenshots, and collect uncaught page errors.
+attach files to an ``<input type=file>``, type as a keyboard does, take screenshots, collect
+uncaught page errors and failed HTTP responses (a favicon 404 included), and hold requests the
+page makes (CDP's Fetch domain) to look at their bodies or answer them.
 Debian's ``chromium`` (``apt-get install chromium``, as ``.ci/run`` does) or ``$SEEDX_CHROMIUM``.
 """
 
@@ -51,6 +53,8 @@ class Browser:
         )
         self._next_id = 0
         self.errors: list[str] = []  # uncaught exceptions and console.error lines of the page
+        self.failed: list[tuple[int, str]] = []  # (status, url) of HTTP answers >= 400
+        self.paused: list[dict[str, Any]] = []  # requests held by intercept(), oldest first
         self._exit = contextlib.ExitStack()
         try:
             self._connect(timeout_s)
@@ -71,7 +75,7 @@ class Browser:
         self._ws: ClientConnection = self._exit.enter_context(
             connect(url, max_size=None, open_timeout=timeout_s)
         )
-        for domain in ("Page", "Runtime", "DOM"):
+        for domain in ("Page", "Runtime", "DOM", "Network"):
             self.send(f"{domain}.enable")
 
     # --- protocol ------------------------------------------------------------------------------
@@ -99,6 +103,10 @@ class Browser:
             self.errors.append("console.error: " + " ".join(
                 str(a.get("value", a.get("description", ""))) for a in params.get("args", [])
             ))  # fmt: skip
+        elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
+            self.failed.append((params["response"]["status"], params["response"]["url"]))
+        elif method == "Fetch.requestPaused":
+            self.paused.append(params)
 
     # --- page ----------------------------------------------------------------------------------
     def goto(self, url: str) -> None:
@@ -152,6 +160,49 @@ class Browser:
 
     def click(self, selector: str) -> None:
         self.eval(f"document.querySelector({json.dumps(selector)}).click()")
+
+    def type(self, selector: str, text: str) -> None:
+        """Focuses an input and types ``text`` into it: ``input`` events, no ``change``."""
+        self.eval(f"document.querySelector({json.dumps(selector)}).focus()")
+        for char in text:
+            self.send("Input.insertText", text=char)
+
+    # --- holding requests ----------------------------------------------------------------------
+    def intercept(self, url_pattern: str) -> None:
+        """Holds every request whose URL matches ``url_pattern`` (``*`` wildcards) until
+        :meth:`resume` or :meth:`fulfill`; held requests collect in :attr:`paused`."""
+        self.paused.clear()
+        self.send("Fetch.enable", patterns=[{"urlPattern": url_pattern, "requestStage": "Request"}])
+
+    def stop_intercepting(self) -> None:
+        self.send("Fetch.disable")
+
+    def wait_paused(self, count: int = 1, timeout_s: float = 30) -> dict[str, Any]:
+        """The ``count``-th held request (its ``request`` has ``url`` and ``postData``)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.paused) < count:
+            if time.monotonic() > deadline:
+                raise BrowserError(f"no request held after {timeout_s:.0f} s")
+            self.eval("0")  # reads the events that arrived meanwhile
+            time.sleep(0.05)
+        return self.paused[count - 1]
+
+    def resume(self, held: dict[str, Any]) -> None:
+        """Lets a held request go on to the server as it was."""
+        self.send("Fetch.continueRequest", requestId=held["requestId"])
+
+    def fulfill(
+        self, held: dict[str, Any], body: bytes, status: int = 200, content_type: str = ""
+    ) -> None:
+        """Answers a held request with ``body`` instead of the server."""
+        headers = [{"name": "Content-Type", "value": content_type}] if content_type else []
+        self.send(
+            "Fetch.fulfillRequest",
+            requestId=held["requestId"],
+            responseCode=status,
+            responseHeaders=headers,
+            body=base64.b64encode(body).decode(),
+        )
 
     def screenshot(self, path: Path) -> Path:
         data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
