@@ -249,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     _add_gateway_parser(sub)
 
+    from seedx.placement.command import add_parser as add_plan_parser  # the planner stays lazy
+
+    add_plan_parser(sub)
+
     from seedx.bench import BENCHES, bench_list  # names only: no benchmark is imported
 
     bench = sub.add_parser(
