@@ -464,10 +464,12 @@ def _diffusion_process(problem: _Problem, stage: str, gpus: tuple[int, ...]) -> 
 
 def _notes(problem: _Problem) -> tuple[str, ...]:
     work = problem.work
-    notes = [
-        f"diffusion budgets are for images up to {work.width}x{work.height}: larger ones batch "
-        "fewer at once (SEEDX_DIFFUSION_MAX_BATCH_PIXELS)"
-    ]
+    notes = []
+    if problem.detokenizers:
+        notes.append(
+            f"diffusion budgets are for images up to {work.width}x{work.height}: larger ones "
+            "batch fewer at once (SEEDX_DIFFUSION_MAX_BATCH_PIXELS)"
+        )
     for name in problem.llms:
         stage = DETOKENIZER_FOR_MODEL.get(name)
         if stage and stage not in problem.detokenizers:

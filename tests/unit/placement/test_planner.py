@@ -103,6 +103,7 @@ def test_two_24gb_gpus_shard_the_llm() -> None:
     result = plan(parse_gpus("2x24GB"), SIZES, ["seed-x-i"], [], Workload(capacity=4))
     (llm,) = result.processes
     assert (llm.gpus, llm.tensor_parallel_size, llm.quantization) == ((0, 1), 2, None)
+    assert result.notes == ("seed-x-i draws with first_stage, which this plan does not run",)
     assert llm.env["SEEDX_LLM_TENSOR_PARALLEL_SIZE"] == "2"
     with pytest.raises(PlanRefused, match="without --no-tp"):
         plan(
