@@ -22,11 +22,14 @@ import os
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seedx.embedded_redis import EmbeddedValkey
 from seedx.supervisor import WORKER_NICENESS, ChildSpec, Supervisor, seedx_argv
 from workers.startup import StartupError, listening_socket
+
+if TYPE_CHECKING:
+    from seedx.placement.planner import Plan
 
 DEMO_VERSION = "demo-v1"
 DEMO_MODELS = ("seed-x-i", "seed-x-edit")
@@ -63,10 +66,10 @@ def read_manifest(serving: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-def build_specs(
-    serving: Path, manifest: dict[str, Any], redis_url: str, args: argparse.Namespace, demo: bool
-) -> list[ChildSpec]:
-    """One child per process; every setting passed as the env var its settings class reads."""
+def served(
+    serving: Path, manifest: dict[str, Any], args: argparse.Namespace, demo: bool
+) -> tuple[list[str], list[str]]:
+    """The LLMs and de-tokenizers this ``seedx serve`` runs."""
     if args.llm:
         unknown = sorted(set(args.llm) - set(manifest["models"]))
         if unknown:
@@ -79,6 +82,61 @@ def build_specs(
     else:
         models = sorted(manifest["models"])
     stages = sorted(manifest.get("detokenizers", {}))
+    return models, stages
+
+
+def placement(
+    serving: Path, manifest: dict[str, Any], args: argparse.Namespace, demo: bool
+) -> Plan | None:
+    """Where each worker runs on this host's GPUs (``--device cuda``): the plan of ``--plan
+    FILE``, else :mod:`seedx.placement`'s for the detected GPUs, with the workload the workers'
+    settings in this environment ask for. None on the CPU. A plan that cannot be made, or a
+    pinned one that lacks a process this serve starts, is a StartupError: nothing starts."""
+    from seedx.placement.planner import Options, Plan, PlanRefused, Workload, plan
+
+    if demo or args.device != "cuda":
+        return None
+    models, stages = served(serving, manifest, args, demo)
+    if args.plan:
+        chosen = Plan.from_json(Path(args.plan).read_text())
+    else:
+        from seedx.placement.inventory import detect
+        from seedx.placement.sizes import read_serving_tree
+
+        gpus = detect()
+        if not gpus:
+            raise StartupError("--device cuda: no GPU found (nvidia-smi, CUDA_VISIBLE_DEVICES)")
+        setting = os.environ.get
+        workload = Workload(
+            capacity=int(setting("SEEDX_LLM_CAPACITY", "32")),
+            max_model_len=int(setting("SEEDX_LLM_MAX_MODEL_LEN", "2048")),
+            max_batch=int(setting("SEEDX_DIFFUSION_MAX_BATCH", "4")),
+            decode_batch=int(setting("SEEDX_DIFFUSION_DECODE_BATCH", "4")),
+        )
+        try:
+            chosen = plan(
+                gpus, read_serving_tree(serving), models, stages, workload, Options(fp8=args.fp8)
+            )
+        except PlanRefused as refused:
+            raise StartupError(f"the models do not fit this host's GPUs: {refused}") from refused
+    names = {f"llm:{m}" for m in models} | {f"diffusion:{s}" for s in stages}
+    missing = sorted(names - {process.name for process in chosen.processes})
+    if missing:
+        raise StartupError(f"--plan {args.plan}: no placement for {', '.join(missing)}")
+    return chosen
+
+
+def build_specs(
+    serving: Path,
+    manifest: dict[str, Any],
+    redis_url: str,
+    args: argparse.Namespace,
+    demo: bool,
+    plan: Plan | None = None,
+) -> list[ChildSpec]:
+    """One child per process; every setting passed as the env var its settings class reads,
+    and with a GPU ``plan``, each worker's GPUs and memory budget as the plan's env says."""
+    models, stages = served(serving, manifest, args, demo)
     gateway_env = {
         "SEEDX_GATEWAY_HOST": args.host,
         "SEEDX_GATEWAY_PORT": str(args.port),
@@ -94,6 +152,7 @@ def build_specs(
         gateway_env["SEEDX_GATEWAY_ALLOW_UNAUTHENTICATED"] = "true"
     specs = [ChildSpec("gateway", seedx_argv("gateway"), gateway_env)]
     ports = metrics_ports(args, len(models) + len(stages))
+    placed = {p.name: p.env for p in plan.processes} if plan is not None else {}
     cpu = demo or args.device == "cpu"
     for model, port in zip(models, ports[: len(models)], strict=True):
         env = {
@@ -108,6 +167,7 @@ def build_specs(
             env.update(SEEDX_LLM_ENFORCE_EAGER="true", SEEDX_LLM_DTYPE="float32")
             if "SEEDX_LLM_KV_CACHE_BYTES" not in os.environ:
                 env["SEEDX_LLM_KV_CACHE_BYTES"] = str((256 << 20) if demo else (4 << 30))
+        env.update(placed.get(f"llm:{model}", {}))
         folder = serving / manifest["models"][model]["path"]
         specs.append(
             ChildSpec(
@@ -123,6 +183,7 @@ def build_specs(
             "SEEDX_DIFFUSION_REDIS__URL": redis_url,
             "SEEDX_DIFFUSION_METRICS_PORT": str(port),
             "SEEDX_DIFFUSION_METRICS_HOST": args.host,
+            **placed.get(f"diffusion:{stage}", {}),
         }
         argv = seedx_argv("worker", "diffusion", "--model", str(serving), "--detokenizer", stage)
         specs.append(
@@ -227,7 +288,12 @@ def serve(args: argparse.Namespace) -> int:
     else:
         check_redis(redis_url)
     try:
-        specs = build_specs(serving, manifest, redis_url, args, demo)
+        plan = placement(serving, manifest, args, demo)
+        if plan is not None:
+            from seedx.placement.render import render_text
+
+            print(render_text(plan), end="", flush=True)
+        specs = build_specs(serving, manifest, redis_url, args, demo, plan)
         if args.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
             print("warning: no --api-key and listening beyond localhost: anyone can call it")
         supervisor = Supervisor(specs)
@@ -285,6 +351,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--device",
         default="cuda",
         choices=["cuda", "cpu"],
-        help="where the workers run a real model (the demo always uses cpu)",
+        help="where the workers run a real model (the demo always uses cpu); cuda places "
+        "every worker on this host's GPUs with `seedx plan`'s planner and prints the plan",
+    )
+    parser.add_argument(
+        "--plan", default=None, help="a plan from `seedx plan --json` to use instead (cuda)"
+    )
+    parser.add_argument(
+        "--fp8", action="store_true", help="let the planner use fp8 LLM weights (fp8 GPUs only)"
     )
     parser.set_defaults(handler=lambda args: serve(args))
