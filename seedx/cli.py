@@ -92,7 +92,12 @@ def _bench(args: argparse.Namespace) -> int:
 def _worker_llm(args: argparse.Namespace) -> int:
     from workers.llm.worker import main as worker_main
 
-    return worker_main(args.model, redis_url=args.redis_url, capacity=args.capacity)
+    return worker_main(
+        args.model,
+        redis_url=args.redis_url,
+        capacity=args.capacity,
+        tensor_parallel_size=args.tensor_parallel_size,
+    )
 
 
 def _worker_diffusion(args: argparse.Namespace) -> int:
@@ -128,6 +133,12 @@ def _add_worker_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
     llm.add_argument("--model", default=None, help="serving LLM folder (default: SEEDX_LLM_MODEL)")
     llm.add_argument("--redis-url", default=None, help="default: SEEDX_LLM_REDIS__URL")
     llm.add_argument("--capacity", type=int, default=None, help="jobs run at once")
+    llm.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=None,
+        help="GPUs the LLaMA trunk is sharded over (default: SEEDX_LLM_TENSOR_PARALLEL_SIZE or 1)",
+    )
     llm.set_defaults(handler=_worker_llm)
     diffusion = kinds.add_parser(
         "diffusion", help="the diffusion worker: the SEED-X de-tokenizer, jobs from Redis"

@@ -2,7 +2,7 @@
 
 vLLM 0.32 has no request option that returns prompt hidden states from a generation engine, so
 a vLLM *worker extension* (the public ``worker_extension_cls`` engine argument, mixed into the
-worker class) adds two methods that the driver calls with ``collective_rpc``:
+worker class) adds methods that the driver calls with ``collective_rpc``:
 
 * :meth:`SeedXWorkerExtension.seedx_install_capture` wraps the model runner's ``_model_forward``
   (documented there as the override point for model execution) on this runner instance. The
@@ -24,6 +24,15 @@ them under the same key. Entries live in a bounded LRU; if one was evicted while
 its KV blocks, :meth:`seedx_take_images` reports it missing and the driver recomputes the rows
 with ``skip_reading_prefix_cache=True``.
 
+Tensor parallelism: every vLLM worker (one per TP rank, each a copy of this extension) runs the
+same forward, and after the all-reduce of the last row-parallel layer every rank holds the same
+full final-norm hidden state, so the rows are read **once**, by the *reading rank*: TP rank 0 of
+the last pipeline stage (the only stage whose output is the hidden state). Only that rank keeps
+rows and answers :meth:`~SeedXWorkerExtension.seedx_take_images` with a list (and runs the output
+resampler); the others answer ``None``, and the driver takes the single list with
+:func:`reader_answer`, which refuses zero or several. ``every_rank=True`` (tests) makes every
+rank keep its rows, and :meth:`~SeedXWorkerExtension.seedx_row_digests` shows they agree.
+
 What leans on vLLM internals: ``_model_forward`` (called with keyword ``positions``),
 ``input_batch.req_ids``, ``query_start_loc.np`` and ``requests[id].sampling_params``
 of the v1 GPU/CPU model runner; ``tests/integration/llm`` pins the behaviour.
@@ -31,6 +40,7 @@ of the v1 GPU/CPU model runner; ``tests/integration/llm`` pins the behaviour.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -93,6 +103,10 @@ class QueryRowStore:
         entry.rows[lo - start : hi - start] = rows[lo - first_pos : hi - first_pos].to("cpu")
         entry.filled[lo - start : hi - start] = True
 
+    def keys(self) -> list[str]:
+        """Every key held, least recently used first."""
+        return list(self._entries)
+
     def get(self, key: str) -> torch.Tensor | None:
         """The complete ``[64, hidden]`` rows of ``key``, or None (never or partly computed)."""
         entry = self._entries.get(key)
@@ -133,42 +147,77 @@ def _hidden_of(output: Any) -> torch.Tensor | None:
     return None
 
 
+def is_row_reader() -> bool:
+    """Whether this vLLM worker reads the rows: TP rank 0 of the last pipeline stage."""
+    from vllm.distributed import get_pp_group, get_tp_group
+
+    return bool(get_tp_group().rank_in_group == 0 and get_pp_group().is_last_rank)
+
+
+def reader_answer(results: list[Any]) -> list[Any]:
+    """The reading rank's answer among a ``collective_rpc`` result list (one entry per worker,
+    in rank order), where every other rank answered ``None``."""
+    answers = [r for r in results if r is not None]
+    if len(answers) != 1:
+        raise RuntimeError(
+            f"expected one vLLM worker to read the image-query rows, {len(answers)} of "
+            f"{len(results)} answered"
+        )
+    return answers[0]  # type: ignore[no-any-return]
+
+
 class SeedXWorkerExtension:
     """Mixed into vLLM's worker (``worker_extension_cls``); methods run via ``collective_rpc``."""
 
     model_runner: Any  # provided by the vLLM worker this class is mixed into
 
-    def seedx_install_capture(self, max_entries: int = 256) -> bool:
-        """Wraps this worker's ``_model_forward`` once; returns True when newly installed."""
+    def seedx_install_capture(self, max_entries: int = 256, every_rank: bool = False) -> bool:
+        """Wraps this worker's ``_model_forward`` once; returns True when newly installed.
+
+        Rows are kept on the reading rank only (:func:`is_row_reader`), or on every rank that
+        sees the final hidden state when ``every_rank`` (to compare the ranks).
+        """
         runner = self.model_runner
         if getattr(runner, "_seedx_rows", None) is not None:
             return False
         store = QueryRowStore(max_entries)
+        reader = is_row_reader()
+        keeps = reader or every_rank
         forward = runner._model_forward
 
         def forward_and_capture(*args: Any, **kwargs: Any) -> Any:
             output = forward(*args, **kwargs)
-            hidden = _hidden_of(output)
-            positions = kwargs.get("positions")
-            if hidden is not None and positions is not None and positions.ndim == 1:
-                store.capture(runner, hidden, positions)
+            if keeps:
+                hidden = _hidden_of(output)
+                positions = kwargs.get("positions")
+                if hidden is not None and positions is not None and positions.ndim == 1:
+                    store.capture(runner, hidden, positions)
             return output
 
         runner._model_forward = forward_and_capture
         runner._seedx_rows = store
-        logger.info("SEED-X query-row capture installed (LRU of %d blocks)", max_entries)
+        runner._seedx_reader = reader
+        if reader:
+            logger.info("SEED-X query-row capture installed (LRU of %d blocks)", max_entries)
         return True
 
+    def _seedx_store(self) -> QueryRowStore:
+        store: QueryRowStore | None = getattr(self.model_runner, "_seedx_rows", None)
+        if store is None:
+            raise RuntimeError("seedx_install_capture was not called on this engine")
+        return store
+
     @torch.no_grad()
-    def seedx_take_images(self, keys: list[str]) -> list[dict[str, Any] | None]:
-        """For each key: the rows ``[64, H]`` and visual embedding ``[64, D]``, or None.
+    def seedx_take_images(self, keys: list[str]) -> list[dict[str, Any] | None] | None:
+        """On the reading rank, for each key: the rows ``[64, H]`` and visual embedding
+        ``[64, D]``, or None (not captured); on every other rank None (see module doc).
 
         Tensors travel as :func:`pack_tensor` dicts: the engine-core RPC path serialises return
         values generically and turns bare tensors into nested lists.
         """
-        store: QueryRowStore | None = getattr(self.model_runner, "_seedx_rows", None)
-        if store is None:
-            raise RuntimeError("seedx_install_capture was not called on this engine")
+        store = self._seedx_store()
+        if not self.model_runner._seedx_reader:
+            return None
         found = [store.get(key) for key in keys]
         complete = [rows for rows in found if rows is not None]
         if not complete:
@@ -182,6 +231,19 @@ class SeedXWorkerExtension:
             else {"rows": pack_tensor(rows), "embedding": pack_tensor(next(embeds))}
             for rows in found
         ]
+
+    def seedx_row_digests(self, keys: list[str] | None = None) -> dict[str, str | None]:
+        """This rank's rows by key (every key kept here when ``keys`` is None) as a SHA-256 of
+        their bytes, None for a key not (completely) kept here. With ``every_rank`` capture,
+        equal answers from every rank show that the ranks computed the same rows, bit for bit."""
+        store = self._seedx_store()
+        out: dict[str, str | None] = {}
+        for key in store.keys() if keys is None else keys:
+            rows = store.get(key)
+            out[key] = (
+                None if rows is None else hashlib.sha256(pack_tensor(rows)["data"]).hexdigest()
+            )
+        return out
 
 
 def pack_tensor(tensor: torch.Tensor) -> dict[str, Any]:

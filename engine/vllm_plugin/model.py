@@ -13,6 +13,24 @@
 The encoder is deliberately not wrapped in ``_mark_tower_model``: vLLM would replace a tower
 with a stub when images are disabled (``limit_mm_per_prompt={"image": 0}``), and the agent's
 output resampler is needed by every generated image, images in or not.
+
+Tensor parallelism and fp8 (``SEEDX_LLM_TENSOR_PARALLEL_SIZE``, ``SEEDX_LLM_QUANTIZATION``):
+
+* Only the trunk is built from vLLM's layers and receives ``vllm_config`` (hence the parallel
+  state and ``vllm_config.quant_config``): column/row-parallel attention and MLP, and a
+  ``VocabParallelEmbedding``/``ParallelLMHead`` pair that pads SEED-X's 32330 rows to 32384 (a
+  multiple of 64), splits them evenly over the ranks and gathers the logits back to 32330.
+* The encoder and the output resampler are plain ``torch.nn`` modules built **without** the
+  quant config: on every TP rank a full copy (vLLM's default loader copies their weights whole),
+  each computing the same result, in the checkpoint's fp16/bf16 even under fp8. vLLM's online
+  fp8 (``fp8_per_tensor``) quantizes only ``LinearBase`` layers created with the quant config,
+  so it cannot reach them, and it must not: the ViT's picture embeddings and the output
+  resampler's visual embedding are the image features checked against the PyTorch reference
+  (``tests/integration/llm/test_parity.py``, docs/parity.md), and fp8 there would move every
+  generated image, not just the trunk's token choices. ``tests/unit/llm/test_tensor_parallel.py``
+  checks that no encoder module is one that online fp8 would quantize, and
+  ``tests/integration/llm/test_tensor_parallel.py`` builds this class under fp8 engine arguments
+  and finds vLLM's fp8 method on the trunk's linear layers only.
 """
 
 from __future__ import annotations
@@ -70,6 +88,7 @@ class SeedXForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
             raise ValueError("config.json has no 'seedx' section: run `seedx convert` first")
         self.config = config
         self.arch = SeedXArch.from_dict(seedx["arch"])
+        # Plain torch modules, no quant config: replicated per TP rank, never fp8 (module doc).
         self.encoder = PictureEncoder(
             QwenViT(self.arch.vit), SeedXAgent(self.arch, config.hidden_size)
         )

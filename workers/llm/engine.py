@@ -32,11 +32,12 @@ from PIL import Image
 from engine.anyres import GlobalViewImage
 from engine.image_rules import ImageRules
 from engine.tokenizer import SeedXTokenizer
-from engine.vllm_plugin.capture import capture_args, unpack_tensor
+from engine.vllm_plugin.capture import capture_args, reader_answer, unpack_tensor
 from engine.vllm_plugin.ids import SeedXTokenIds
 from engine.vllm_plugin.processor import image_rules
 from workers.llm.choice import ChoiceRun, ChoiceSettings, Step
 from workers.llm.prompting import BadRequest
+from workers.llm.startup_checks import check_engine
 from workers.llm.text import AnswerText
 from workers.llm.types import (
     ChoiceFinished,
@@ -69,11 +70,14 @@ class EngineConfig:
     max_model_len: int = 2048
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False
+    tensor_parallel_size: int = 1  # the trunk sharded over this many GPUs (CPU: processes)
+    quantization: str | None = None  # "fp8": online fp8 of the trunk's linear layers
     kv_cache_bytes: int | None = None  # explicit KV size; overrides gpu_memory_utilization
     max_num_seqs: int = 64
     max_images_per_prompt: int = 8
     enable_mm_embeds: bool = False
     capture_entries: int = 256
+    capture_every_rank: bool = False  # tests: every TP rank keeps rows (seedx_row_digests)
     strict_suppression: bool = False  # -inf instead of the reference's 0.0 (§8.5)
     structured_outputs: bool = True  # JSON answers (response_format); loads vLLM's tokenizer
     extra: dict[str, Any] = field(default_factory=dict)  # more AsyncEngineArgs fields
@@ -92,6 +96,8 @@ class EngineConfig:
         return AsyncEngineArgs(
             model=str(self.model),
             dtype=self.dtype,  # type: ignore[arg-type]  # checked by vLLM at start
+            tensor_parallel_size=self.tensor_parallel_size,
+            quantization=vllm_quantization(self.quantization),
             max_model_len=self.max_model_len,
             gpu_memory_utilization=self.gpu_memory_utilization,
             kv_cache_memory_bytes=self.kv_cache_bytes,
@@ -106,6 +112,23 @@ class EngineConfig:
             structured_outputs_config=structured,
             **self.extra,
         )
+
+
+def vllm_quantization(quantization: str | None) -> str | None:
+    """vLLM's ``quantization`` argument for the worker's setting.
+
+    ``fp8`` is vLLM's *online* fp8: ``fp8_per_tensor`` in vLLM 0.32, which quantizes the 16-bit
+    weights of every ``LinearBase`` layer given the quant config while they load (per-tensor
+    weight scales, dynamic activation scales). vLLM 0.32 still maps ``quantization="fp8"`` on a
+    16-bit checkpoint to the same method, but as a deprecated path ("--quantization fp8 is
+    deprecated for online quantization; use --quantization fp8_per_tensor instead",
+    ``vllm/model_executor/model_loader/weight_utils.py``), so the worker names it directly.
+    """
+    if quantization is None:
+        return None
+    if quantization == "fp8":
+        return "fp8_per_tensor"
+    raise ValueError(f"unknown quantization {quantization!r} (supported: fp8)")
 
 
 def _image_digest(image: ImageData) -> str:
@@ -177,14 +200,21 @@ class SeedXLLMEngine:
     ) -> SeedXLLMEngine:
         """Builds the AsyncLLM (spawns vLLM's engine process) and installs the row capture.
 
+        A tensor parallel size or fp8 setting that this model or host cannot run is refused
+        first, as a :class:`~workers.startup.StartupError` (``workers.llm.startup_checks``).
+
         ``stat_loggers``: vLLM ``StatLoggerFactory`` callables, called after every engine step
         with the scheduler's stats (``workers.llm.metrics.SchedulerStatsLogger``).
         """
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        check_engine(config.model, config.tensor_parallel_size, config.quantization, config.dtype)
         llm = AsyncLLM.from_engine_args(config.engine_args(), stat_loggers=stat_loggers)
         try:
-            await llm.collective_rpc("seedx_install_capture", args=(config.capture_entries,))
+            await llm.collective_rpc(
+                "seedx_install_capture",
+                args=(config.capture_entries, config.capture_every_rank),
+            )
         except BaseException:
             llm.shutdown(timeout=ENGINE_SHUTDOWN_TIMEOUT_S)
             raise
@@ -364,12 +394,12 @@ class _VllmSegments:
         return found
 
     async def _take(self, key: str) -> tuple[Any, Any] | None:
+        # One answer per vLLM worker (every TP/PP rank); only the reading rank's is a list.
         results = await self.engine.llm.collective_rpc("seedx_take_images", args=([key],))
-        for per_worker in results:
-            if per_worker and per_worker[0] is not None:
-                found = per_worker[0]
-                return unpack_tensor(found["rows"]), unpack_tensor(found["embedding"])
-        return None
+        found = reader_answer(results)[0]
+        if found is None:
+            return None
+        return unpack_tensor(found["rows"]), unpack_tensor(found["embedding"])
 
     async def _recompute(self, key: str, ids: list[int]) -> None:
         from vllm import SamplingParams

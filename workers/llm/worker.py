@@ -21,7 +21,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +64,26 @@ class LLMWorkerSettings(BaseSettings):
         ),
     )
     enforce_eager: bool = Field(default=False, description="Disable CUDA graphs / compile.")
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "GPUs the LLaMA trunk is sharded over (vLLM tensor parallelism: attention heads, "
+            "MLP, embedding and lm_head split, one process per GPU); the ViT and resamplers are "
+            "replicated on each. Must divide the model's attention heads, KV heads, MLP width "
+            "and padded vocabulary (SEED-X 17B: 1, 2, 4 or 8); checked at start-up (exit 78)."
+        ),
+    )
+    quantization: Literal["fp8"] | None = Field(
+        default=None,
+        description=(
+            "fp8: vLLM's online fp8 quantization of the LLaMA trunk's linear layers (weights "
+            "quantized at load, per-tensor scales; embedding, lm_head, ViT and resamplers stay "
+            "in the checkpoint's fp16/bf16). Needs NVIDIA GPUs of compute capability 8.9 or "
+            "newer (Ada, Hopper) and a 16-bit dtype; refused at start-up elsewhere (exit 78)."
+        ),
+    )
     structured_outputs: bool = Field(
         default=True,
         description=(
@@ -119,6 +139,8 @@ async def _serve(settings: LLMWorkerSettings, liveness: LateLiveness) -> None:
         max_model_len=settings.max_model_len,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         enforce_eager=settings.enforce_eager,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        quantization=settings.quantization,
         kv_cache_bytes=settings.kv_cache_bytes,
         max_num_seqs=max(settings.capacity, 8),
         strict_suppression=settings.strict_suppression,
@@ -148,7 +170,10 @@ async def _serve(settings: LLMWorkerSettings, liveness: LateLiveness) -> None:
 
 
 def main(
-    model: str | None = None, redis_url: str | None = None, capacity: int | None = None
+    model: str | None = None,
+    redis_url: str | None = None,
+    capacity: int | None = None,
+    tensor_parallel_size: int | None = None,
 ) -> int:
     """Entry of ``seedx worker llm``: flags override ``SEEDX_LLM_*`` settings."""
     overrides: dict[str, object] = {}
@@ -156,6 +181,8 @@ def main(
         overrides["model"] = Path(model)
     if capacity is not None:
         overrides["capacity"] = capacity
+    if tensor_parallel_size is not None:
+        overrides["tensor_parallel_size"] = tensor_parallel_size
     if redis_url is not None:
         overrides["redis"] = {"url": redis_url}  # merged with SEEDX_LLM_REDIS__* values
     settings = LLMWorkerSettings(**overrides)  # type: ignore[arg-type]
