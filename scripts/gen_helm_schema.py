@@ -200,6 +200,81 @@ def worker_item(process: str) -> dict[str, Any]:
     )
 
 
+def field_schema(process: str, name: str, *, nullable: bool = False) -> dict[str, Any]:
+    """The schema of one field of ``process``'s settings class (its ``null`` dropped unless
+    ``nullable``): a named value of the chart that feeds that field's env var."""
+    schema: dict[str, Any] = model_schema(PROCESSES[process].load())["properties"][name]
+    if not nullable and "anyOf" in schema:
+        inner = [s for s in schema["anyOf"] if s != {"type": "null"}]
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        schema = {**(inner[0] if len(inner) == 1 else {"anyOf": inner}), **rest}
+    return schema
+
+
+# Named values of a colocated GPU group (placement.groups[]) -> the settings field each feeds.
+GROUP_LLM_FIELDS = {
+    "tensorParallelSize": "tensor_parallel_size",
+    "kvCacheBytes": "kv_cache_bytes",
+    "quantization": "quantization",
+}
+GROUP_DIFFUSION_FIELDS = {"detokenizer": "detokenizer", "maxBatch": "max_batch"}
+
+
+def placement_schema() -> dict[str, Any]:
+    """``placement``: the layout, and the GPU groups of the colocated one. A group's named values
+    are typed by the settings fields they feed; its ``settings`` blocks accept the class's other
+    fields (one value per env var)."""
+    llm_owned = (*PROCESSES["llm"].chart_owned, *GROUP_LLM_FIELDS.values())
+    diffusion_owned = (*PROCESSES["diffusion"].chart_owned, *GROUP_DIFFUSION_FIELDS.values())
+    llm = _obj(
+        {
+            "model": NAME,
+            # null: the group's gpus (with gpu.enabled), else 1
+            "tensorParallelSize": {
+                "anyOf": [field_schema("llm", "tensor_parallel_size"), {"type": "null"}]
+            },
+            "kvCacheBytes": field_schema("llm", "kv_cache_bytes"),
+            "quantization": field_schema("llm", "quantization", nullable=True),
+            "settings": model_schema(PROCESSES["llm"].load(), llm_owned),
+        },
+        ["model", "kvCacheBytes"],
+    )
+    detokenizer = _obj(
+        {
+            "detokenizer": field_schema("diffusion", "detokenizer"),
+            # null: diffusion.settings.max_batch
+            "maxBatch": {"anyOf": [field_schema("diffusion", "max_batch"), {"type": "null"}]},
+            "settings": model_schema(PROCESSES["diffusion"].load(), diffusion_owned),
+        },
+        ["detokenizer"],
+    )
+    group = _obj(
+        {
+            "name": {
+                "type": "string",
+                "pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+                "maxLength": 30,
+            },
+            "gpus": INT1,
+            "replicas": INT0,
+            "llm": llm,
+            "diffusion": {"type": "array", "minItems": 1, "maxItems": 2, "items": detokenizer},
+            "resources": RESOURCES,
+            "nodeSelector": MAP,
+            "tolerations": LIST,
+        },
+        ["name", "gpus"],
+    )
+    group["anyOf"] = [{"required": ["llm"]}, {"required": ["diffusion"]}]  # at least one worker
+    return _obj(
+        {
+            "layout": {"enum": ["separate", "colocated"]},
+            "groups": {"type": "array", "items": group},
+            "resources": RESOURCES,
+        }
+    )
+
+
 def stage_schema(process: str, items_key: str, items: dict[str, Any]) -> dict[str, Any]:
     props = {
         "metricsPort": PORT,
@@ -318,6 +393,7 @@ def build_schema() -> dict[str, Any]:
                 "podAnnotations": MAP,
             }
         ),
+        "placement": placement_schema(),
         "llm": stage_schema("llm", "models", worker_item("llm")),
         "diffusion": stage_schema("diffusion", "detokenizers", worker_item("diffusion")),
         "keda": _obj(

@@ -14,9 +14,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import VALUE_SETS, fetch_tool, helm_template
+from tests.deploy.conftest import CHART, VALUE_SETS, fetch_tool, helm_template
 
 DIGEST = "sha256:" + "0" * 64
+# The value sets, and the colocated layout (its GPU groups, KEDA and monitoring on).
+CHECKED = {
+    **VALUE_SETS,
+    "colocated": (
+        [CHART / "ci" / "colocated-values.yaml"],
+        ["keda.enabled=true", "monitoring.serviceMonitor.enabled=true"],
+    ),
+}
 SKIPS = {
     # The Redis URL (it may hold a password) and the URL-signing key reach the processes as
     # env vars from Secrets: the settings classes read them only from the environment (there is
@@ -33,11 +41,11 @@ def checkov() -> str:
     return fetch_tool("checkov")
 
 
-@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+@pytest.mark.parametrize("name", sorted(CHECKED))
 def test_checkov_finds_nothing_beyond_the_justified_skips(
     helm: str, checkov: str, name: str, tmp_path: Path
 ) -> None:
-    files, sets = VALUE_SETS[name]
+    files, sets = CHECKED[name]
     digests = [f"images.{i}.digest={DIGEST}" for i in ("gateway", "worker", "redis")]
     text = helm_template(helm, files, [*sets, *digests]).stdout
     (tmp_path / "chart.yaml").write_text(text)

@@ -39,6 +39,8 @@ SETTINGS_BLOCKS: dict[Path_, tuple[tuple[str, ...], str | None]] = {
     ("llm", "models", "*", "settings"): (("llm",), None),
     ("diffusion", "settings"): (("diffusion",), None),
     ("diffusion", "detokenizers", "*", "settings"): (("diffusion",), None),
+    ("placement", "groups", "*", "llm", "settings"): (("llm",), None),
+    ("placement", "groups", "*", "diffusion", "*", "settings"): (("diffusion",), None),
     ("transport", "redis"): (("gateway", "llm", "diffusion"), "redis"),
     ("transport", "queue"): (("gateway", "llm", "diffusion"), "queue"),
 }
@@ -55,6 +57,13 @@ NAMED: dict[Path_, str] = {
     ("redis", "external", "url"): "SEEDX_*_REDIS__URL (Secret <release>-redis)",
     ("apiKeys", "keys"): "SEEDX_GATEWAY_API_KEYS_FILE (Secret <release>-api-keys, mounted)",
     ("gateway", "logLevel"): "`seedx gateway --log-level` (GatewaySettings has no log_level)",
+    # a colocated GPU group's processes (tests/deploy/test_colocated.py checks each)
+    ("placement", "groups", "*", "llm", "model"): "SEEDX_LLM_MODEL",
+    ("placement", "groups", "*", "llm", "tensorParallelSize"): "SEEDX_LLM_TENSOR_PARALLEL_SIZE",
+    ("placement", "groups", "*", "llm", "kvCacheBytes"): "SEEDX_LLM_KV_CACHE_BYTES",
+    ("placement", "groups", "*", "llm", "quantization"): "SEEDX_LLM_QUANTIZATION",
+    ("placement", "groups", "*", "diffusion", "*", "detokenizer"): "SEEDX_DIFFUSION_DETOKENIZER",
+    ("placement", "groups", "*", "diffusion", "*", "maxBatch"): "SEEDX_DIFFUSION_MAX_BATCH",
 }
 
 # structural prefixes -> why they are not process settings
@@ -91,7 +100,13 @@ STRUCTURAL: dict[Path_, str] = {
     ("keda",): "ScaledObjects",
     ("monitoring",): "ServiceMonitor, PrometheusRule, dashboard",
     ("networkPolicy",): "NetworkPolicies",
+    ("placement", "layout"): "which Deployments: one per model/de-tokenizer or one per GPU group",
+    ("placement", "resources"): "pod spec",
 }
+for key in ("name", "gpus", "replicas", "resources", "nodeSelector", "tolerations"):
+    STRUCTURAL[("placement", "groups", "*", key)] = "scheduling and scale of one GPU group"
+EMPTY: dict[Path_, str] = {("placement", "groups"): "no GPU groups (the separate layout)"}
+"""Paths whose value may be an empty list: nothing under them to classify."""
 for stage, items in (("llm", "models"), ("diffusion", "detokenizers")):
     for key in ("replicas", "gpus", "resources", "nodeSelector", "tolerations"):
         STRUCTURAL[(stage, items, "*", key)] = "scheduling and scale of one Deployment"
@@ -99,7 +114,11 @@ for stage in ("gateway", "llm", "diffusion"):
     for key in ("resources", "probes", "nodeSelector", "tolerations", "affinity", "podAnnotations"):
         STRUCTURAL[(stage, key)] = "pod spec"
 
-VALUE_FILES = [CHART / "values.yaml", *{f for files, _ in VALUE_SETS.values() for f in files}]
+VALUE_FILES = [
+    CHART / "values.yaml",
+    *{f for files, _ in VALUE_SETS.values() for f in files},
+    CHART / "ci" / "colocated-values.yaml",
+]
 
 
 def _matches(path: Path_, pattern: Path_) -> bool:
@@ -134,6 +153,8 @@ def settings_entries(
 
 
 def classify(path: Path_) -> str:
+    if path in EMPTY:
+        return "structural"
     for pattern in SETTINGS_BLOCKS:
         if _matches(path, pattern):
             return "settings"

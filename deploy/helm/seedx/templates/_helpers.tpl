@@ -212,3 +212,47 @@ affinity: {{- toYaml . | nindent 2 }}
 {{- define "seedx.workerGraceSeconds" -}}
 {{- add (int (ceil .Values.transport.queue.shutdown_grace_s)) (int .Values.shutdown.marginSeconds) -}}
 {{- end -}}
+
+{{/* Placement -------------------------------------------------------------------------------- */}}
+{{/* "true" when the GPU groups of placement.groups replace the per-model/per-de-tokenizer
+Deployments (placement.layout=colocated). */}}
+{{- define "seedx.colocated" -}}
+{{- if eq .Values.placement.layout "colocated" }}true{{ end -}}
+{{- end -}}
+
+{{/* A settings map as JSON {env name: value} with the names and values of seedx.settingsEnv: the
+environment of one process of a colocated group (colocate.py gives it to that process only). */}}
+{{- define "seedx.settingsEnvMap" -}}
+{{- $out := dict -}}
+{{- range $key, $value := .settings }}
+{{- if kindIs "map" $value }}
+{{- range $field, $inner := $value }}
+{{- if not (kindIs "invalid" $inner) }}
+{{- $_ := set $out (printf "%s%s__%s" $.prefix (upper $key) (upper $field)) (include "seedx.envValue" $inner) }}
+{{- end }}
+{{- end }}
+{{- else if not (kindIs "invalid" $value) }}
+{{- $_ := set $out (printf "%s%s" $.prefix (upper $key)) (include "seedx.envValue" $value) }}
+{{- end }}
+{{- end }}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* One redis-streams trigger of a ScaledObject: the lag of `stream` (jobs not yet delivered to
+the `workers` consumer group, XINFO GROUPS lag, Redis 7+) per replica. */}}
+{{- define "seedx.kedaTrigger" -}}
+{{- $root := .root -}}
+- type: redis-streams
+  metadata:
+    address: {{ include "seedx.redisAddress" $root | quote }}
+    databaseIndex: {{ if $root.Values.redis.bundled }}"0"{{ else }}{{ $root.Values.redis.external.database | toString | quote }}{{ end }}
+    enableTLS: {{ and (not $root.Values.redis.bundled) $root.Values.redis.external.tls | toString | quote }}
+    stream: {{ .stream | quote }}
+    consumerGroup: workers
+    lagCount: {{ .lagCount | toString | quote }}
+    activationLagCount: "0"
+  {{- if $root.Values.keda.passwordSecret.name }}
+  authenticationRef:
+    name: {{ include "seedx.fullname" $root }}-redis
+  {{- end }}
+{{- end -}}
