@@ -21,6 +21,7 @@ _spec.loader.exec_module(gen_config_reference)
 # Variables read by something other than a settings class.
 OTHER_VARIABLES = {
     "SEEDX_CACHE_DIR", "SEEDX_TEST_REDIS_URL", "SEEDX_ARTIFACTS_DIR", "SEEDX_CHROMIUM",
+    "SEEDX_REGEN_GOLDENS",  # tests/deploy/test_colocated.py rewrites its golden renders
 }  # fmt: skip
 
 
