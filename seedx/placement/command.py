@@ -2,8 +2,9 @@
 
 Registered by ``seedx/cli.py`` like ``seedx serve``; the planner is imported only when the
 command runs, and imports no torch (``--gpus`` absent on a host without NVML is the exception:
-detection then asks ``torch.cuda``). Exit status: 0 with a plan, 1 when nothing fits (the
-message says what would), 2 for a bad argument.
+detection then asks ``torch.cuda``). ``--helm FILE`` also writes the chart values of the plan
+(``seedx.placement.helm``). Exit status: 0 with a plan, 1 when nothing fits (the message says
+what would) or the chart cannot express the plan, 2 for a bad argument.
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ tree (what seedx serve --model serves). Default de-tokenizers: those the LLMs dr
 seed-x-i: first_stage; seed-x-edit: second_stage) plus first_stage for /v1/images/variations, or
 every de-tokenizer of --model's tree.
 
-Exit status: 0 with a plan; 1 when nothing fits (the message says what would); 2 for a bad
-argument.
+--helm FILE writes the values of the Helm chart (deploy/helm/seedx) that realise the plan:
+placement.layout colocated with one GPU group per set of shared GPUs, or separate when no GPU is
+shared; docs/deploy.md, "Placement". A plan the chart cannot express (two LLMs on one GPU) is
+refused with exit status 1 and nothing written.
+
+Exit status: 0 with a plan; 1 when nothing fits (the message says what would) or --helm cannot
+express the plan; 2 for a bad argument.
 """
 
 
@@ -94,6 +100,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument(
+        "--helm", default=None, metavar="FILE",
+        help="also write the Helm chart values that realise the plan (deploy/helm/seedx; "
+        "merge with helm install -f FILE)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-env", action="store_true", help="leave the environment variables out of the table"
     )
     parser.set_defaults(handler=run)
@@ -147,4 +158,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"seedx plan: {refused}", file=sys.stderr)
         return 1
     print(result.to_json() if args.json else render_text(result, env=not args.no_env), end="")
+    if args.helm is not None:
+        from seedx.placement.helm import ChartRefused, render_values
+
+        try:
+            text = render_values(result)
+        except ChartRefused as refused:
+            print(f"seedx plan: --helm: {refused}; {args.helm} not written", file=sys.stderr)
+            return 1
+        Path(args.helm).write_text(text)
+        print(f"Helm values written to {args.helm}", file=sys.stderr)
     return 0
