@@ -4,7 +4,8 @@ Pure logic, fast, and free of torch, vLLM and diffusers (``tests/unit/placement`
 that): ``inventory`` (the GPUs, parsed or detected), ``sizes`` (what each stage needs: weights
 from safetensors headers or the released architecture, KV cache per token, diffusion
 activations), ``planner`` (the search and the :class:`Plan`), ``refusal`` (what would fit when
-nothing does), ``render`` (the table and JSON) and ``command`` (``seedx plan``).
+nothing does), ``render`` (the table and JSON), ``helm`` (a plan as the Helm chart's values)
+and ``command`` (``seedx plan``).
 """
 
 from seedx.placement.inventory import Gpu, detect, parse_gpus
