@@ -18,6 +18,11 @@ text-to-image never runs the ViT; ``--dims tiny``: the toy tree), converts it wi
   diffusion worker, ÷ the same work in process (same prompt, reference, float16 embedding,
   de-tokenizer, PNG: the served PNG must be byte-identical; goal <= 1.05), and images/s with
   ``--concurrency`` requests at once ÷ one at a time (goal >= 3).
+* **placement**: the placement planner's memory budgets against measured memory
+  (``seedx/gpu_check_placement.py``): a plan for the detected GPUs (a stand-in ``1x80GB:h100`` on
+  the CPU) at the check's image size and ``max_batch``; the de-tokenizer loaded at the plan's
+  settings and run on one batch, its peak (CUDA context + torch's reserved peak) ÷ its budget
+  (goal 1 ± 0.1); the reference LLM's measured weights ÷ the plan's LLM weights.
 
 Timings are the best of ``--repeats`` (noise only adds time); a section that fails is reported
 with its error and the others still run; the exit status is 1 if any failed. Goals are reported,
@@ -80,8 +85,13 @@ class Report:
     errors: dict[str, str] = field(default_factory=dict)
 
     def goal(self, name: str, value: float, op: str, target: float) -> None:
-        met = value <= target if op == "<=" else value >= target
-        self.goals.append({"name": name, "value": value, "goal": f"{op} {target}", "met": met})
+        """``op``: ``<=``, ``>=``, or ``within`` (a ratio in 1 ± ``target``)."""
+        if op == "within":
+            met, text = abs(value - 1) <= target, f"1 ± {target}"
+        else:
+            met = value <= target if op == "<=" else value >= target
+            text = f"{op} {target}"
+        self.goals.append({"name": name, "value": value, "goal": text, "met": met})
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -109,7 +119,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--model", type=Path, help="an existing serving root (skip writing one)")
     parser.add_argument("--llm-layers", type=int, default=4, help="--dims real: LLM layers")
-    parser.add_argument("--sections", default="diffusion,llm,stack")
+    parser.add_argument("--sections", default="diffusion,placement,llm,stack")
     parser.add_argument("--size", type=int, help="image side (default: per --dims)")
     parser.add_argument("--steps", help="comma-separated step counts (default: per --dims)")
     parser.add_argument("--variants", help="comma-separated: sdpa,channels_last,compile")
@@ -560,10 +570,10 @@ def _print(report: Report) -> None:
         f"torch {meta['torch']}, {meta.get('prepare_s', 0):.1f} s to write the tree"
     )
     print(json.dumps(report.sections, indent=1, default=str))
-    print(f"{'goal':<52}{'value':>10}  {'target':<10}met")
+    print(f"{'goal':<64}{'value':>10}  {'target':<10}met")
     for goal in report.goals:
         print(
-            f"{goal['name']:<52}{goal['value']:>10.3f}  {goal['goal']:<10}"
+            f"{goal['name']:<64}{goal['value']:>10.3f}  {goal['goal']:<10}"
             f"{'yes' if goal['met'] else 'no'}"
         )
     for name, error in report.errors.items():
@@ -575,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from engine.runner import load_reference
+    from seedx.gpu_check_placement import check_placement
     from workers.diffusion.bench import redis_url as embedded_or
 
     args = _parse(sys.argv[1:] if argv is None else argv)
@@ -594,8 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded: list[Any] = []
 
     def reference() -> Any:
-        # Loaded when first needed, after the diffusion section, so that section's peak memory
-        # is the de-tokenizer's alone.
+        # Loaded when first needed, after the diffusion section (and the placement section's
+        # de-tokenizer), so their peak memory is the de-tokenizer's alone.
         if not loaded:
             loaded.append(load_reference(root, MODEL, dtype, device))
         return loaded[0]
@@ -606,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
             "diffusion": lambda: check_diffusion(report, root, profile, args, url),
             "llm": lambda: check_llm(report, reference(), profile, args),
             "stack": lambda: check_stack(report, root, reference(), profile, args, url),
+            "placement": lambda: check_placement(
+                report, root, profile, device, MODEL, reference, bool(loaded)
+            ),
         }
         for name in sections:
             t0 = time.perf_counter()

@@ -2,9 +2,11 @@
 
 The script runs as it would on a lent GPU (same code, ``--dims tiny``): a fresh tree through
 ``seedx convert``, the diffusion worker vs the bare loop, batch scaling, the speed variants, the
-reference LLM's per-layer figures, and text-to-image through gateway + Redis + both workers. The
-goals are GPU goals and are only reported here; what is asserted is that every section ran and
-that the served image is byte-identical to the in-process one, so the ratio compares equal work.
+reference LLM's per-layer figures, text-to-image through gateway + Redis + both workers, and the
+placement planner's budgets against measured memory (a stand-in 1x80GB:h100 inventory). The
+goals are GPU goals and are only reported here; what is asserted is that every section ran, that
+the served image is byte-identical to the in-process one, so the ratio compares equal work, and
+that the plan's weights are the loaded tensors' bytes (exact on the CPU: no allocator between).
 """
 
 from __future__ import annotations
@@ -47,8 +49,22 @@ def test_gpu_check_script_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
     assert stack["same_png_as_in_process"] is True
     assert stack["concurrency"]["requests"] == 8
     assert stack["concurrency"]["speedup"] > 0
+    placement = report["sections"]["placement"]
+    assert placement["inventory"].startswith("--gpus 1x80GB:h100")
+    assert placement["dtype"] == "float32"
+    detok, llm_weights = placement["diffusion:first_stage"], placement["llm:seed-x-i"]
+    planned = placement["plan"]["diffusion:first_stage"]
+    assert detok["planned"]["budget"] == planned["budget_bytes"]
+    assert (detok["max_batch"], detok["size"]) == (4, "64x64")  # the profile's, as planned
+    assert detok["measured"]["weights"] == detok["planned"]["weights"]  # header count = loaded
+    assert detok["measured"]["context"] is None  # no CUDA context on the CPU
+    activations = detok["measured"]["activations"]  # resident-set growth; None without clear_refs
+    assert activations is None or activations > 0
+    assert abs(llm_weights["ratio"]["weights"] - 1) < 1e-3  # + the rotary tables (buffers)
+    assert isinstance(placement["released_plan"], dict)  # SEED-X-17B fits one 80 GB GPU
     names = {g["name"] for g in report["goals"]}
     assert "stack text-to-image / in-process" in names
     assert "per-image time, batch 8 / batch 1" in names
+    assert "placement llm:seed-x-i weights, measured / planned" in names
     assert "goal" in done.stdout
     assert "met" in done.stdout
