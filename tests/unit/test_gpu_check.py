@@ -12,6 +12,7 @@ that the plan's weights are the loaded tensors' bytes (exact on the CPU: no allo
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,7 +45,10 @@ def test_gpu_check_script_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
     assert diffusion["fastest_variant"] in diffusion["variants"]
     assert all("seconds" in v for v in diffusion["variants"].values()), diffusion["variants"]
     assert llm["layers"] == 2
-    assert llm["decode_ms_per_token_per_layer"] > 0
+    # A slope between two timings of a 1- and a 2-layer toy model: its sign on a busy CI CPU is
+    # noise (it came out negative at load 4.5), its meaning is for a lent GPU at real width. Here
+    # the check is that the section computes and reports it.
+    assert math.isfinite(llm["decode_ms_per_token_per_layer"])
     assert llm["query_rows"]["max_abs_diff"] <= 1e-4
     assert stack["same_png_as_in_process"] is True
     assert stack["concurrency"]["requests"] == 8
