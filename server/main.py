@@ -6,6 +6,7 @@ with the ``job_id``/``trace_id`` of the request when bound (STYLE.md §5).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -60,7 +61,7 @@ def main(
 
     from server.app import create_app
     from server.settings import GatewaySettings
-    from workers.startup import listening_socket
+    from workers.startup import check_redis, listening_socket
 
     overrides: dict[str, Any] = {}
     if host is not None:
@@ -78,6 +79,9 @@ def main(
     sock = listening_socket(
         settings.host, settings.port, "another process holds it: set --port or SEEDX_GATEWAY_PORT"
     )
+    # A rejected password or an unverified certificate: one line and exit 78, not a gateway
+    # that reports "unavailable" forever.
+    asyncio.run(check_redis(settings.redis))
     app = create_app(settings)
     # Everything built so far (modules, schemas, routes) lives as long as the process: moved out
     # of the collector's generations, full collections stop re-scanning it, which shortens the

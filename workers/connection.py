@@ -53,6 +53,7 @@ def create_redis(settings: RedisSettings) -> Redis:
         health_check_interval=settings.health_check_interval_s,
         client_name=settings.client_name,
         decode_responses=False,
+        **settings.connection_kwargs(),  # TLS (rediss://)
     )
     return client
 

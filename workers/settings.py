@@ -7,6 +7,8 @@ benchmark). Nothing here is read at import time: build them in ``main`` and pass
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -47,6 +49,38 @@ class RedisSettings(BaseSettings):
         default=None,
         description="CLIENT SETNAME for this process's connections (visible in CLIENT LIST).",
     )
+    ssl_ca_certs: str | None = Field(
+        default=None,
+        description="rediss:// only: CA bundle (PEM file) that signs the server's certificate "
+        "(default: the system's CAs).",
+    )
+    ssl_certfile: str | None = Field(
+        default=None,
+        description="rediss:// only: client certificate (PEM) when the server asks for one.",
+    )
+    ssl_keyfile: str | None = Field(
+        default=None, description="rediss:// only: the client certificate's private key (PEM)."
+    )
+    ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
+        default="required",
+        description="rediss:// only: verify the server's certificate (none: encrypt only).",
+    )
+    ssl_check_hostname: bool = Field(
+        default=True,
+        description="rediss:// only: the certificate must name the URL's host.",
+    )
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """The TLS arguments of redis-py's ``from_url`` (none unless the URL is rediss://)."""
+        if not self.url.startswith("rediss://"):
+            return {}
+        return {
+            "ssl_ca_certs": self.ssl_ca_certs,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+            "ssl_cert_reqs": self.ssl_cert_reqs,
+            "ssl_check_hostname": self.ssl_check_hostname and self.ssl_cert_reqs != "none",
+        }
 
 
 class QueueSettings(BaseSettings):

@@ -11,7 +11,14 @@ does not restart.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workers.settings import RedisSettings
+
+logger = logging.getLogger(__name__)
 
 EXIT_STARTUP = 78
 """``EX_CONFIG`` of BSD's sysexits.h: a configuration error; do not restart."""
@@ -40,3 +47,66 @@ def listening_socket(host: str, port: int, hint: str = "") -> socket.socket:
         raise
     sock.listen(2048)
     return sock
+
+
+async def check_redis(settings: RedisSettings) -> None:
+    """One PING at start-up, without retries: a rejected password or a server certificate that
+    does not verify is a :class:`StartupError` naming it (a restart sends the same password
+    again), not a reconnect loop. An unreachable Redis is only logged: it may come up later,
+    and the gateway and workers reconnect to it on their own."""
+    import ssl
+
+    from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+    from workers.connection import CONNECTION_ERRORS, create_redis
+
+    client = create_redis(settings.model_copy(update={"retry_attempts": 0}))
+    where = _redacted(settings.url)
+    try:
+        await client.ping()
+    except AuthenticationError as exc:  # WRONGPASS, NOAUTH
+        raise StartupError(
+            f"Redis at {where} refused authentication ({exc}): check the user and password "
+            "in the Redis URL"
+        ) from exc
+    except NoPermissionError as exc:
+        raise StartupError(
+            f"Redis at {where}: the ACL user may not run PING ({exc}); docs/deploy.md lists "
+            "the commands the stack needs"
+        ) from exc
+    except CONNECTION_ERRORS as exc:
+        cause = _ssl_cause(exc, ssl.SSLError)
+        if cause is not None:
+            raise StartupError(
+                f"TLS to Redis at {where} failed ({cause}): check the ssl_ca_certs, "
+                "ssl_certfile and ssl_keyfile settings"
+            ) from exc
+        logger.warning(
+            "Redis at %s is not reachable yet (%s); retrying in the background", where, exc
+        )
+    except ResponseError as exc:
+        raise StartupError(f"Redis at {where} answered PING with an error ({exc})") from exc
+    finally:
+        await client.aclose()
+
+
+def _ssl_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` or the first of its causes that is a ``kind``, else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        if "CERTIFICATE_VERIFY_FAILED" in str(seen) or "SSL" in type(seen).__name__:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password (``redis://user:***@host``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

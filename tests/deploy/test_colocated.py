@@ -52,8 +52,10 @@ SEPARATE_GOLDENS: dict[str, tuple[list[Path], list[str]]] = {
 
 
 def masked(text: str) -> str:
-    """A render with its random parts (the generated URL-signing key and its checksum) masked."""
+    """A render with its random parts (the generated URL-signing key, the bundled Redis's
+    password and the URL holding it, and their checksum) masked."""
     text = re.sub(r"(?m)^(  url-signing-key: ).*$", r"\1<random>", text)
+    text = re.sub(r"(?m)^(  (?:password|url): )[A-Za-z0-9+/]{40,}=*$", r"\1<random>", text)
     return re.sub(r"(?m)^( *checksum/secrets: ).*$", r"\1<random>", text)
 
 

@@ -119,8 +119,10 @@ async def serve(settings: DiffusionWorkerSettings) -> None:
 
 async def _serve(settings: DiffusionWorkerSettings, liveness: LateLiveness) -> None:
     from workers.connection import create_redis
+    from workers.startup import check_redis
     from workers.worker import Worker
 
+    await check_redis(settings.redis)  # a wrong password or CA: exit 78 before the model loads
     pipeline = await asyncio.to_thread(load_pipeline, settings)
     if settings.warmup:
         await asyncio.to_thread(BatchRunner(pipeline).warmup)

@@ -129,8 +129,10 @@ async def _serve(settings: LLMWorkerSettings, liveness: LateLiveness) -> None:
     from workers.llm.engine import EngineConfig, SeedXLLMEngine
     from workers.llm.handler import LLMJobHandler
     from workers.llm.metrics import LLMMetrics, SchedulerStatsLogger
+    from workers.startup import check_redis
     from workers.worker import Worker
 
+    await check_redis(settings.redis)  # a wrong password or CA: exit 78 before the model loads
     folder = resolve_llm_folder(settings.model)
     model = settings.model_name or LlmFolder.read(folder).model
     config = EngineConfig(

@@ -251,7 +251,7 @@ the `workers` consumer group, XINFO GROUPS lag, Redis 7+) per replica. */}}
     consumerGroup: workers
     lagCount: {{ .lagCount | toString | quote }}
     activationLagCount: "0"
-  {{- if $root.Values.keda.passwordSecret.name }}
+  {{- if or $root.Values.keda.passwordSecret.name $root.Values.redis.bundled }}
   authenticationRef:
     name: {{ include "seedx.fullname" $root }}-redis
   {{- end }}

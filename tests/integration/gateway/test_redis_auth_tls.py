@@ -1,0 +1,368 @@
+"""The stack on a real ``redis-server`` with the ACL user of docs/deploy.md, and over TLS.
+
+A gateway app and real worker loops (FAKE handlers, as in ``test_gateway_redis``) run a chat and
+an image request as user ``seedx`` with exactly the ACL rules the docs give; the ACL LOG must stay
+empty afterwards, so a command the list lacks fails the test even where the stack would swallow
+the refusal. The same round trip runs over TLS with a CA made here. A wrong password or a wrong CA
+makes ``seedx gateway`` exit 78 at once with one line naming the cause.
+
+Needs Debian's ``redis-server`` (7.0+, built with TLS); skipped without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from server.app import create_app
+from tests.integration.conftest import fast_queue_settings, fast_redis_settings, free_port
+from tests.integration.gateway.test_gateway_redis import (
+    AUTH,
+    CHAT,
+    KEY,
+    fake_diffusion,
+    fake_llm,
+    gateway_settings,
+)
+from tests.integration.workers.helpers import running_worker
+from workers.settings import RedisSettings
+
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
+
+ROOT = Path(__file__).resolve().parents[3]
+PASSWORD = "s3cret-Pa55word"
+ADMIN_PASSWORD = "admin-Pa55word"
+
+
+def documented_acl() -> str:
+    """The ``user seedx ...`` line of docs/deploy.md, with PASSWORD filled in."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("user seedx on >PASSWORD ")]
+    assert len(lines) == 1, "docs/deploy.md must hold one `user seedx on >PASSWORD ...` line"
+    return lines[0].replace(">PASSWORD", f">{PASSWORD}")
+
+
+@dataclass
+class Tls:
+    ca: Path
+    cert: Path
+    key: Path
+    other_ca: Path  # a CA that did not sign the server's certificate
+
+
+def _write_key(path: Path, key: object) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(
+        key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def _ca(name: str) -> tuple[object, object]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def make_tls(folder: Path) -> Tls:
+    """A CA, a server certificate for 127.0.0.1 and localhost signed by it, and a stranger CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = _ca("seedx test CA")
+    _, other_cert = _ca("another CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_cert.subject)  # type: ignore[attr-defined]
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    tls = Tls(folder / "ca.pem", folder / "server.pem", folder / "server.key", folder / "other.pem")
+    pem = serialization.Encoding.PEM
+    tls.ca.write_bytes(ca_cert.public_bytes(pem))  # type: ignore[attr-defined]
+    tls.other_ca.write_bytes(other_cert.public_bytes(pem))  # type: ignore[attr-defined]
+    tls.cert.write_bytes(cert.public_bytes(pem))
+    _write_key(tls.key, key)
+    return tls
+
+
+class RedisServer:
+    """``redis-server`` on a free port with the admin user ``default`` and the ACL ``acl``."""
+
+    def __init__(self, folder: Path, acl: str, tls: Tls | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.tls = tls
+        config = [
+            "bind 127.0.0.1",
+            'save ""',
+            "appendonly no",
+            f"dir {folder}",
+            f"user default on >{ADMIN_PASSWORD} ~* &* +@all",
+            acl,
+        ]
+        if tls is None:
+            config.append(f"port {self.port}")
+        else:
+            config += [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {tls.cert}",
+                f"tls-key-file {tls.key}",
+                f"tls-ca-cert-file {tls.ca}",
+                "tls-auth-clients no",
+            ]
+        conf = folder / "redis.conf"
+        conf.write_text("\n".join(config) + "\n")
+        self._log = (folder / "redis.log").open("w")
+        assert REDIS_SERVER is not None
+        self._process = subprocess.Popen(
+            [REDIS_SERVER, str(conf)], stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 10
+        while "Ready to accept connections" not in (folder / "redis.log").read_text():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                pytest.fail("redis-server did not start: " + (folder / "redis.log").read_text())
+            time.sleep(0.05)
+
+    def url(self, user: str = "seedx", password: str = PASSWORD) -> str:
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://{user}:{password}@127.0.0.1:{self.port}/0"
+
+    def settings(
+        self, user: str = "seedx", password: str = PASSWORD, **extra: Any
+    ) -> RedisSettings:
+        tls = {} if self.tls is None else {"ssl_ca_certs": str(self.tls.ca)}
+        return fast_redis_settings(self.url(user, password), **tls, **extra)
+
+    def admin(self) -> Redis:
+        return Redis.from_url(
+            self.url("default", ADMIN_PASSWORD), **self.settings().connection_kwargs()
+        )
+
+    def close(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> Tls:
+    return make_tls(tmp_path / "tls")
+
+
+@pytest.fixture
+def acl_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", documented_acl())
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, tls: Tls) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", documented_acl(), tls)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def round_trip(server: RedisServer, timeout_s: float = 10) -> list[str]:
+    """Chat (plain and streamed), an image by URL, /readyz through gateway and workers as
+    ``seedx``; returns what went wrong (HTTP failures, then the ACL LOG's refusals)."""
+    redis_settings = server.settings(client_name="seedx-acl-test")
+    queue = fast_queue_settings()
+    problems: list[str] = []
+    app = create_app(
+        gateway_settings(redis_settings, queue, chat_timeout_s=timeout_s, image_timeout_s=timeout_s)
+    )
+    async with (
+        running_worker(redis_settings, queue, fake_llm, model="seed-x-i", capacity=4),
+        running_worker(
+            redis_settings, queue, fake_diffusion, stage="diffusion", model="first_stage"
+        ),
+        app.router.lifespan_context(app),
+    ):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://g", headers=AUTH) as c:
+            deadline = time.monotonic() + 10
+            while (await c.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # the workers' first heartbeats
+            answer = await c.post("/v1/chat/completions", json=CHAT)
+            if answer.status_code != 200 or "w0 w1 w2" not in answer.text:
+                problems.append(f"chat: {answer.status_code} {answer.text[:200]}")
+            streamed = await c.post("/v1/chat/completions", json={**CHAT, "stream": True})
+            if not streamed.text.rstrip().endswith("data: [DONE]"):
+                problems.append(f"stream: {streamed.text[-200:]}")
+            image = await c.post(
+                "/v1/images/generations", json={"prompt": "x", "response_format": "url"}
+            )
+            if image.status_code != 200:
+                problems.append(f"image: {image.status_code} {image.text[:200]}")
+            else:
+                content = await c.get(image.json()["data"][0]["url"])
+                if content.status_code != 200:
+                    problems.append(f"image url: {content.status_code}")
+            # A job that outlives a heartbeat (its lease is touched), then cancelled.
+            slow = {**CHAT, "messages": [{"role": "user", "content": "slow"}]}
+            task = asyncio.create_task(c.post("/v1/chat/completions", json=slow))
+            await asyncio.sleep(queue.heartbeat_interval_s * 3)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            ready = await c.get("/readyz")
+            if ready.status_code != 200:
+                problems.append(f"readyz: {ready.status_code} {ready.text[:200]}")
+        await asyncio.sleep(queue.trim_interval_s * 3)  # trims, reclaims
+    admin = server.admin()
+    try:
+        log = await admin.acl_log()
+    finally:
+        await admin.aclose()
+    problems += [f"ACL refused {entry['object']!r} ({entry['reason']})" for entry in log]
+    return problems
+
+
+async def test_round_trip_as_the_documented_acl_user(acl_server: RedisServer) -> None:
+    assert await round_trip(acl_server) == []
+
+
+async def test_a_command_missing_from_the_acl_fails_the_round_trip(tmp_path: Path) -> None:
+    acl = documented_acl().replace(" +xack", "")
+    server = RedisServer(tmp_path / "redis", acl)
+    try:
+        problems = await round_trip(server, timeout_s=2)
+    finally:
+        server.close()
+    assert any("'xack'" in problem for problem in problems), problems
+
+
+async def test_round_trip_over_tls(tls_server: RedisServer) -> None:
+    assert await round_trip(tls_server) == []
+
+
+def run_gateway(
+    url: str, tmp_path: Path, **env: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    environ = {
+        **os.environ,
+        "SEEDX_GATEWAY_API_KEYS": f'["{KEY}"]',
+        "SEEDX_GATEWAY_REDIS__RETRY_ATTEMPTS": "10",  # the start-up check must not use them
+        **env,
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seedx.cli",
+            "gateway",
+            "--port",
+            str(free_port()),
+            "--redis-url",
+            url,
+        ],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    return result, time.monotonic() - started
+
+
+def test_wrong_password_exits_78_naming_authentication(
+    acl_server: RedisServer, tmp_path: Path
+) -> None:
+    result, elapsed = run_gateway(acl_server.url(password="wrong-password"), tmp_path)
+    assert result.returncode == 78, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.search(r"seedx gateway: error: .*refused authentication", last), result.stderr
+    assert "wrong-password" not in result.stderr
+    assert elapsed < 15
+
+
+def test_wrong_ca_exits_78_naming_the_certificate(
+    tls_server: RedisServer, tls: Tls, tmp_path: Path
+) -> None:
+    result, elapsed = run_gateway(
+        tls_server.url(), tmp_path, SEEDX_GATEWAY_REDIS__SSL_CA_CERTS=str(tls.other_ca)
+    )
+    assert result.returncode == 78, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "seedx gateway: error: TLS to Redis" in last, result.stderr
+    assert "certificate verify failed" in last, result.stderr
+    assert elapsed < 15
