@@ -27,6 +27,7 @@ from workers.errors import InvalidRequest as InvalidRequest  # re-exported: rais
 from workers.errors import ModelNotFound as ModelNotFound
 from workers.errors import (
     Overloaded,
+    StoreFull,
     TransportError,
     Unavailable,
 )
@@ -165,6 +166,7 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
 _REJECT_REASONS: dict[type[TransportError], RejectReason] = {
     Overloaded: "overloaded",
     Unavailable: "unavailable",
+    StoreFull: "store_full",
     ModelNotFound: "model_not_found",
     PayloadTooLarge: "too_large",
 }

@@ -16,6 +16,12 @@ requests for the models that are up would fail too; with it empty they are serve
 for the missing model get 503 with ``Retry-After`` until a worker is back. ``seedx serve``,
 one gateway in front of a known set of workers, lists the models it starts.
 
+Redis full: while Redis refuses this gateway's writes for want of memory (``maxmemory`` with
+``noeviction``: a refusal within the last :data:`REDIS_FULL_WINDOW_S`), the ``redis_memory``
+check is false, ``redis`` in the body says ``"Redis full"`` and ``seedx_gateway_redis_full`` is 1:
+no request could be admitted (each gets 503 with ``Retry-After``), so the replica leaves its
+Service until the next probe finds room (docs/deploy.md: sizing ``maxmemory``).
+
 The health routes never need an API key; ``/metrics`` does unless ``public_metrics``.
 """
 
@@ -31,9 +37,23 @@ from server import fleet
 from server.catalog import ModelState, readiness_checks
 from server.deps import GatewayDep
 from server.errors import ModelNotFound, error_response
+from server.metrics import REDIS_FULL
+from workers.connection import seconds_since_full
 from workers.errors import TransportError
 
 router = APIRouter(tags=["health"])
+
+REDIS_FULL_WINDOW_S = 10.0
+"""How long after Redis refused a write for want of memory ``/readyz`` still says full."""
+
+
+def redis_full() -> bool:
+    """Whether Redis refused one of this process's writes within :data:`REDIS_FULL_WINDOW_S`
+    (and the gauge ``seedx_gateway_redis_full`` set to match)."""
+    since = seconds_since_full()
+    full = since is not None and since < REDIS_FULL_WINDOW_S
+    REDIS_FULL.set(1 if full else 0)
+    return full
 
 
 @router.get("/healthz")
@@ -61,6 +81,7 @@ async def readyz(
     checks: dict[str, bool] = {
         "redis": await gateway.backend.ping(),
         "reply_reader": gateway.backend.connected,
+        "redis_memory": not redis_full(),
     }
     states: list[ModelState]
     try:
@@ -82,6 +103,8 @@ async def readyz(
         "checks": checks,
         "models": {state.model: state.as_json() for state in states},
     }
+    if not checks["redis_memory"]:
+        body["redis"] = "Redis full: it refuses writes at its maxmemory (noeviction)"
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -89,4 +112,5 @@ async def readyz(
 async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus text format of every collector in this process, fleet gauges refreshed."""
     await fleet.refresh(gateway.backend)
+    redis_full()
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -21,7 +21,13 @@ from workers.protocol import new_id
 logger = logging.getLogger(__name__)
 
 RejectReason = Literal[
-    "overloaded", "unavailable", "model_not_found", "too_large", "body_timeout", "auth"
+    "overloaded",
+    "unavailable",
+    "store_full",
+    "model_not_found",
+    "too_large",
+    "body_timeout",
+    "auth",
 ]
 
 REQUESTS = Counter(
@@ -52,6 +58,11 @@ REJECTIONS = Counter(
     "seedx_gateway_rejections_total",
     "Requests refused before any work was queued, by reason.",
     ["route", "reason"],
+)
+REDIS_FULL = Gauge(
+    "seedx_gateway_redis_full",
+    "1 while Redis refuses this gateway's writes for want of memory (maxmemory, noeviction): "
+    "a refusal within the last few seconds, as /readyz reports it.",
 )
 IMAGES_DECODED = Counter(
     "seedx_gateway_images_decoded_total",

@@ -5,6 +5,10 @@ a crashed request cannot leak memory, and may be owned by a request (``owner=req
 the gateway frees everything the request produced with one :meth:`BlobStore.release` when it
 completes. Tensors are stored as raw little-endian bytes (no pickle, no torch) with dtype, shape
 and a CRC32 in the reference; :meth:`BlobStore.get_tensor` refuses bytes that do not match.
+
+A store Redis refuses for want of memory (``maxmemory``, noeviction) raises
+:class:`~workers.errors.StoreFull` at once on the gateway (a 503 at admission); a worker's store
+for a job (:meth:`BlobStore.until` the job's deadline) retries with backoff until then.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from numpy.typing import NDArray
 from redis.asyncio import Redis
 
 from workers import keys
-from workers.connection import unavailable_on_disconnect
+from workers.connection import retry_while_full, unavailable_on_disconnect
 from workers.errors import BlobCorrupt, BlobMissing
 from workers.protocol import BlobRef, TensorDType, new_id
 from workers.settings import QueueSettings
@@ -40,9 +44,17 @@ def _ttl_ms(ttl_s: float) -> int:
 class BlobStore:
     """Put and get blobs with a TTL; verifies size and checksum on every read."""
 
-    def __init__(self, redis: Redis, settings: QueueSettings) -> None:
+    def __init__(
+        self, redis: Redis, settings: QueueSettings, *, deadline: float | None = None
+    ) -> None:
         self._redis = redis
         self._settings = settings
+        self._deadline = deadline
+
+    def until(self, deadline: float) -> BlobStore:
+        """This store for one job: a store refused because Redis is full is retried with
+        backoff until ``deadline`` (epoch seconds), then fails with StoreFull."""
+        return BlobStore(self._redis, self._settings, deadline=deadline)
 
     async def put(
         self,
@@ -126,6 +138,17 @@ class BlobStore:
         self, ref: BlobRef, data: bytes, owner: str | None, ttl_s: float | None
     ) -> None:
         ttl_ms = _ttl_ms(ttl_s if ttl_s is not None else self._settings.blob_ttl_s)
+        if self._deadline is None:
+            await self._store_once(ref, data, owner, ttl_ms)
+            return
+        await retry_while_full(
+            lambda: self._store_once(ref, data, owner, ttl_ms),
+            deadline=self._deadline,
+            action="storing a blob",
+            backoff_cap_s=self._settings.reconnect_backoff_cap_s,
+        )
+
+    async def _store_once(self, ref: BlobRef, data: bytes, owner: str | None, ttl_ms: int) -> None:
         async with unavailable_on_disconnect("storing a blob"):
             if owner is None:
                 await self._redis.set(ref.key, data, px=ttl_ms)

@@ -5,6 +5,16 @@ backoff (``RedisSettings.retry_*``); when the retries are spent the error is re-
 :class:`workers.errors.Unavailable` at the public API, so a caller gets a clear 503 instead of a
 hang or a raw ``redis`` exception. Long-running loops (worker, reply reader) use :class:`Backoff`
 to reconnect forever without hammering a Redis that is restarting.
+
+A Redis at ``maxmemory`` with ``maxmemory-policy noeviction`` refuses writes with ``-OOM``
+(redis-py's :class:`~redis.exceptions.OutOfMemoryError`): that is :class:`StoreFull`, a 503 with
+``Retry-After`` at admission, and for a job already running :func:`retry_while_full` retries the
+write with backoff until the job's deadline before failing it with that error. Every refusal is
+counted in ``seedx_redis_full_refusals_total``.
+
+Redis Cluster is refused at start-up (:func:`refuse_cluster`): a serving stack's Redis traffic
+fits one primary, and the transport's multi-key scripts (enqueue with its idempotency and
+cancellation keys, blob ownership) need every key in one slot, which a cluster does not give.
 """
 
 from __future__ import annotations
@@ -13,18 +23,23 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from workers.errors import Unavailable
+from workers.errors import StoreFull, Unavailable
 from workers.settings import RedisSettings
+from workers.startup import StartupError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +50,32 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     OSError,
 )
 """Errors that mean "Redis is unreachable right now", as opposed to a bug in a command."""
+
+STORE_FULL_ERRORS: tuple[type[Exception], ...] = (OutOfMemoryError, StoreFull)
+"""Errors that mean "Redis is full": it refused a write at ``maxmemory`` (noeviction)."""
+
+REDIS_FULL_REFUSALS = Counter(
+    "seedx_redis_full_refusals_total",
+    "Writes Redis refused because it is at maxmemory (OOM, maxmemory-policy noeviction).",
+)
+
+_T = TypeVar("_T")
+
+_last_full_at: float | None = None  # monotonic time of this process's last OOM refusal
+
+
+def _note_full() -> None:
+    global _last_full_at
+    REDIS_FULL_REFUSALS.inc()
+    _last_full_at = time.monotonic()
+
+
+def seconds_since_full() -> float | None:
+    """Seconds since Redis last refused a write of this process for want of memory (None:
+    never). ``/readyz`` reads it rather than ``INFO memory``: the refusal is the fact itself
+    (``used_memory`` reads below ``maxmemory`` again right after one, the refused command's
+    buffers freed), and ``INFO`` is not a command the documented ACL user may run."""
+    return None if _last_full_at is None else time.monotonic() - _last_full_at
 
 
 def create_redis(settings: RedisSettings) -> Redis:
@@ -66,6 +107,103 @@ async def unavailable_on_disconnect(action: str) -> AsyncIterator[None]:
     except CONNECTION_ERRORS as exc:
         logger.warning("redis unreachable while %s: %s", action, exc)
         raise Unavailable(f"the job store is unreachable while {action}; retry later") from exc
+    except OutOfMemoryError as exc:
+        _note_full()
+        logger.warning("redis is full (maxmemory) while %s: %s", action, exc)
+        raise StoreFull(
+            f"the job store is full (Redis reached its maxmemory) while {action}; retry later"
+        ) from exc
+
+
+async def retry_while_full(
+    write: Callable[[], Awaitable[_T]],
+    *,
+    deadline: float | None,
+    action: str,
+    backoff_cap_s: float = 1.0,
+) -> _T:
+    """``write()``, retried with jittered backoff while Redis is full, until ``deadline``
+    (epoch seconds; None: no retry); then :class:`StoreFull` naming ``action``.
+
+    For work already accepted (a worker's blob or event write): an OOM may pass as blobs expire
+    or requests end, so the job waits for room rather than failing at once; it never waits past
+    its deadline, and it never ends silently.
+    """
+    backoff = Backoff(backoff_cap_s)
+    while True:
+        try:
+            return await write()
+        except STORE_FULL_ERRORS as exc:
+            if isinstance(exc, OutOfMemoryError):
+                _note_full()
+            delay = backoff.next_delay()
+            remaining = (deadline - time.time()) if deadline is not None else 0.0
+            if remaining <= delay:
+                logger.error(
+                    "redis stayed full while %s (%d tries); giving up: %s",
+                    action,
+                    backoff.failures,
+                    exc,
+                )
+                raise StoreFull(
+                    f"the job store is full (Redis reached its maxmemory): could not finish "
+                    f"{action} within the job's deadline ({backoff.failures} tries)"
+                ) from exc
+            logger.warning("redis is full while %s; retrying in %.2fs", action, delay)
+            await asyncio.sleep(delay)
+
+
+CLUSTER_REFUSED = (
+    "Redis Cluster is not supported: a serving stack's Redis traffic fits one primary, and the "
+    "transport's multi-key scripts need every key in one slot; point the URL at a standalone "
+    "Redis/Valkey (a primary with replicas and Sentinel-style failover is fine)"
+)
+
+
+def refuse_cluster_url(url: str) -> None:
+    """:class:`~workers.startup.StartupError` for a URL whose scheme names a cluster
+    (``redis+cluster://``, ``redis-cluster://``, ...)."""
+    if "cluster" in urlsplit(url).scheme.lower():
+        raise StartupError(f"{CLUSTER_REFUSED} (the URL's scheme names a cluster)")
+
+
+async def refuse_cluster(redis: Redis, url: str | None = None) -> None:
+    """Raise :class:`~workers.startup.StartupError` when ``url`` names a cluster or the server
+    runs in cluster mode, at start-up rather than at the first multi-key script.
+
+    Asked with ``HELLO`` (no arguments: the connection's context, ``mode`` standalone|cluster,
+    nothing switched), not ``INFO cluster``: ``HELLO`` is a command the documented ACL user
+    already runs, ``INFO`` is not. Redis unreachable now: nothing is decided (the process
+    starts and keeps reconnecting as it always does).
+    """
+    if url is not None:
+        refuse_cluster_url(url)
+    try:
+        hello: Any = await redis.execute_command("HELLO")  # type: ignore[no-untyped-call]
+    except CONNECTION_ERRORS as exc:
+        logger.warning("cannot check Redis for cluster mode now (%s); going on", exc)
+        return
+    if isinstance(hello, list):  # RESP2 without redis-py's callback: a flat list of pairs
+        hello = dict(zip(hello[::2], hello[1::2], strict=False))
+    mode = hello.get(b"mode", hello.get("mode", b"")) if isinstance(hello, dict) else b""
+    if (mode.decode() if isinstance(mode, bytes) else str(mode)) == "cluster":
+        raise StartupError(f"{CLUSTER_REFUSED} (the server runs in cluster mode)")
+
+
+def check_redis_at_startup(settings: RedisSettings) -> None:
+    """:func:`refuse_cluster` on a client of its own, for a process not yet in an event loop
+    (the gateway, before uvicorn starts)."""
+
+    refuse_cluster_url(settings.url)
+
+    async def check() -> None:
+        client = create_redis(settings)
+        try:
+            await refuse_cluster(client, settings.url)
+        finally:
+            await client.aclose()
+
+    asyncio.run(check())
 
 
 async def sleep_until(event: asyncio.Event, timeout: float) -> None:

@@ -38,6 +38,21 @@ class Unavailable(TransportError):
     retryable = True
 
 
+class StoreFull(Unavailable):
+    """Redis refused a write because it is at ``maxmemory`` (``maxmemory-policy noeviction``
+    answers ``-OOM``): the job store is full.
+
+    503 with ``Retry-After``, not 429: 429 tells one client that *it* is over its rate and should
+    slow down; here the server as a whole is temporarily unable to accept work from anyone (it
+    frees itself as blobs expire and requests end), which is what 503 means. Raised before any
+    work starts at admission (the gateway's enqueue or input-image store), and, after retries
+    with backoff until the job's deadline, by a worker whose blob or event write keeps hitting
+    it.
+    """
+
+    code = "store_full"
+
+
 class Overloaded(TransportError):
     """The job queue is at its configured depth; refuse instead of queueing unbounded work."""
 
@@ -155,6 +170,7 @@ WIRE_ERRORS: tuple[type[TransportError], ...] = (
     InvalidRequest,
     ModelNotFound,
     Unavailable,
+    StoreFull,
     Overloaded,
     DeadlineExceeded,
     WorkerFailed,

@@ -11,6 +11,7 @@ executor tells the worker (``on_engine_died``), which leaves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,9 +19,15 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 
 from workers import keys, metrics
-from workers.connection import CONNECTION_ERRORS
+from workers.connection import CONNECTION_ERRORS, STORE_FULL_ERRORS, retry_while_full
 from workers.consumer import Delivery, StreamConsumer
-from workers.errors import Cancelled, DeadLettered, DeadlineExceeded, TransportError
+from workers.errors import (
+    Cancelled,
+    DeadLettered,
+    DeadlineExceeded,
+    StoreFull,
+    TransportError,
+)
 from workers.handler import (
     EngineDied,
     Handler,
@@ -79,7 +86,9 @@ class JobExecutor:
 
     async def process(self, delivery: Delivery, job: Job, ctx: JobContext) -> None:
         """Take one delivered job to its end; never raises (outcomes go to metrics and logs)."""
-        writer = self._writer(job.reply_to, job.job_id, job.request_id, job.trace_id, ctx.attempt)
+        writer = self._writer(
+            job.reply_to, job.job_id, job.request_id, job.trace_id, ctx.attempt, job.deadline
+        )
         with bind_job(job.job_id, job.trace_id):
             try:
                 outcome = await self._run_job(delivery, job, ctx, writer)
@@ -139,11 +148,57 @@ class JobExecutor:
         if terminal is None:
             logger.warning("job was reclaimed by another worker; dropping this attempt")
             return "lost"
-        await self._consumer.finish(delivery.entry_id, writer, terminal)
+        terminal = await self._finish(delivery, job, ctx, writer, terminal)
         elapsed = time.monotonic() - started
         metrics.JOB_SECONDS.labels(self._stage).observe(elapsed)
         logger.info("job finished: %s in %.3fs", terminal.type, elapsed)
         return _outcome(terminal)
+
+    async def _finish(
+        self,
+        delivery: Delivery,
+        job: Job,
+        ctx: JobContext,
+        writer: ReplyWriter,
+        terminal: Done | Failed,
+    ) -> Done | Failed:
+        """Send the terminal event with the ack; while Redis is full, retry until the job's
+        deadline. Still full: free the blobs the job stored (deleting needs no memory) and try
+        once more, failing the job with StoreFull, so its requester hears why; failing that,
+        acknowledge it alone (a re-run would hit the same wall) and say so in the log. Returns
+        the terminal event sent."""
+
+        async def finish(event: Done | Failed) -> None:
+            try:
+                await self._consumer.finish(delivery.entry_id, writer, event)
+            except STORE_FULL_ERRORS:
+                writer.unstamp()  # the transaction was refused whole
+                raise
+
+        try:
+            await retry_while_full(
+                lambda: finish(terminal),
+                deadline=job.deadline,
+                action="sending the job's answer",
+                backoff_cap_s=self._settings.reconnect_backoff_cap_s,
+            )
+            return terminal
+        except StoreFull as exc:
+            full = exc
+        with contextlib.suppress(TransportError, *CONNECTION_ERRORS):
+            await ctx.blobs.release(job.job_id)
+        failed = Failed(error=ErrorPayload.from_error(full))
+        try:
+            await finish(failed)
+        except STORE_FULL_ERRORS:
+            with contextlib.suppress(*CONNECTION_ERRORS):  # XACK needs no memory
+                await self._redis.xack(self._consumer.stream, keys.WORKER_GROUP, delivery.entry_id)
+            logger.error(
+                "redis is full: the job failed and its answer could not be written; its "
+                "requester sees its deadline pass (%s)",
+                full.message,
+            )
+        return failed
 
     async def _run_handler(
         self, job: Job, ctx: JobContext, writer: ReplyWriter
@@ -184,7 +239,13 @@ class JobExecutor:
             logger.warning("cannot reject job yet (%s); it will be retried", exc)
 
     def _writer(
-        self, reply_to: str, job_id: str, request_id: str | None, trace_id: str, attempt: int
+        self,
+        reply_to: str,
+        job_id: str,
+        request_id: str | None,
+        trace_id: str,
+        attempt: int,
+        deadline: float | None = None,
     ) -> ReplyWriter:
         return ReplyWriter(
             self._redis,
@@ -195,6 +256,7 @@ class JobExecutor:
             trace_id=trace_id,
             attempt=attempt,
             batcher=self._batcher,
+            deadline=deadline,
         )
 
 

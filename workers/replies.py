@@ -24,8 +24,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from workers import keys
-from workers.connection import CONNECTION_ERRORS, Backoff, sleep_until, stop_task
-from workers.errors import DeadlineExceeded, TransportError, Unavailable
+from workers.connection import (
+    CONNECTION_ERRORS,
+    Backoff,
+    retry_while_full,
+    sleep_until,
+    stop_task,
+)
+from workers.errors import DeadlineExceeded, StoreFull, TransportError, Unavailable
 from workers.protocol import (
     Boxes,
     EmbeddingReady,
@@ -139,8 +145,11 @@ class ReplyWriter:
         trace_id: str,
         attempt: int,
         batcher: ReplyBatcher | None = None,
+        deadline: float | None = None,
     ) -> None:
         self._redis = redis
+        self._deadline = deadline
+        self._backoff_cap_s = settings.reconnect_backoff_cap_s
         self._batcher = batcher or ReplyBatcher(redis)  # alone, it sends each event at once
         self._maxlen = settings.reply_stream_maxlen
         self._reply_to = reply_to
@@ -178,8 +187,25 @@ class ReplyWriter:
         return reply
 
     async def emit(self, event: Event) -> None:
-        """Append one event (raises the redis error after retries; the job is then abandoned)."""
-        await self._batcher.append(self._reply_to, encode(self.stamp(event)), self._maxlen)
+        """Append one event (raises the redis error after retries; the job is then abandoned).
+
+        With a ``deadline`` (the job's), an append Redis refuses for want of memory is retried
+        with backoff until then, and then raises :class:`~workers.errors.StoreFull`.
+        """
+        payload = encode(self.stamp(event))
+        if self._deadline is None:
+            await self._batcher.append(self._reply_to, payload, self._maxlen)
+            return
+        try:
+            await retry_while_full(
+                lambda: self._batcher.append(self._reply_to, payload, self._maxlen),
+                deadline=self._deadline,
+                action="sending an event",
+                backoff_cap_s=self._backoff_cap_s,
+            )
+        except StoreFull:
+            self.unstamp()  # never stored: the terminal event takes its place in the sequence
+            raise
 
     def emit_in(self, pipe: Pipeline, event: Event) -> None:
         """Queue the event on ``pipe`` (to commit it atomically with the job's ack)."""

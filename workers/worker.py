@@ -42,13 +42,21 @@ from redis.asyncio import Redis
 
 from workers import keys, metrics
 from workers.blobs import BlobStore
-from workers.connection import CONNECTION_ERRORS, Backoff, sleep_until, stop_task
+from workers.connection import (
+    CONNECTION_ERRORS,
+    STORE_FULL_ERRORS,
+    Backoff,
+    refuse_cluster,
+    sleep_until,
+    stop_task,
+)
 from workers.consumer import Delivery, StreamConsumer
 from workers.execution import JobExecutor
 from workers.handler import EngineDied, Handler, JobContext
 from workers.heartbeat import WorkerRegistry
 from workers.protocol import Job, Undecodable, WorkerInfo, new_id, parse_job
 from workers.settings import QueueSettings
+from workers.startup import StartupError
 
 # the handler contract, re-exported for workers
 __all__ = ["EngineDied", "Handler", "JobContext", "Worker", "WorkerDied"]
@@ -188,6 +196,15 @@ class Worker:
             asyncio.create_task(self._watch_loop(), name=f"watch:{self.worker_id}"),
         ]
         try:
+            # A cluster is a StartupError (exit 78, never restarted); checked beside the first
+            # heartbeat, not before it, so that a worker is visible as soon as it runs.
+            await refuse_cluster(self._redis)
+        except StartupError:
+            self._closing.set()
+            for task in background:
+                await stop_task(task, self._settings.block_s + 2.0)
+            raise
+        try:
             await self._consume(burst)
         finally:
             if self._failure is None:
@@ -223,6 +240,11 @@ class Worker:
             except CONNECTION_ERRORS as exc:
                 delay = backoff.next_delay()
                 logger.warning("worker cannot reach redis (%s); retrying in %.2fs", exc, delay)
+                await sleep_until(self._stopping, delay)
+                continue
+            except STORE_FULL_ERRORS as exc:  # a group or trim write refused: wait for room
+                delay = backoff.next_delay()
+                logger.warning("redis is full (%s); retrying in %.2fs", exc, delay)
                 await sleep_until(self._stopping, delay)
                 continue
             if deliveries and self._failure is not None:
@@ -264,7 +286,9 @@ class Worker:
             if isinstance(job, Undecodable):
                 task = asyncio.create_task(self._executor.reject(delivery, job))
             else:
-                ctx = JobContext(job, delivery.attempt, self.worker_id, self._blobs)
+                ctx = JobContext(
+                    job, delivery.attempt, self.worker_id, self._blobs.until(job.deadline)
+                )
                 task = asyncio.create_task(self._executor.process(delivery, job, ctx))
             self._running[delivery.entry_id] = _Running(delivery, ctx, task)
             task.add_done_callback(functools.partial(self._forget, delivery.entry_id))
@@ -295,7 +319,7 @@ class Worker:
             try:
                 await self._heartbeat()
                 backoff.reset()
-            except CONNECTION_ERRORS as exc:
+            except (*CONNECTION_ERRORS, *STORE_FULL_ERRORS) as exc:
                 logger.warning("heartbeat failed: %s", exc)
                 delay = min(delay, backoff.next_delay())
             except Exception:

@@ -54,7 +54,12 @@ async def test_a_model_without_workers_is_not_ready_while_the_others_are(
 
     one = await client.get("/readyz", params={"model": "seed-x-edit"})
     assert one.status_code == 503
-    assert one.json()["checks"] == {"redis": True, "reply_reader": True, "model": False}
+    assert one.json()["checks"] == {
+        "redis": True,
+        "reply_reader": True,
+        "redis_memory": True,
+        "model": False,
+    }
     assert list(one.json()["models"]) == ["seed-x-edit"]
     assert (await client.get("/readyz", params={"model": "seed-x-i"})).status_code == 200
 
