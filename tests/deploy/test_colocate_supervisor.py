@@ -103,7 +103,17 @@ def events(log: Path) -> list[tuple[float, str, str]]:
     return out
 
 
-def wait_until(predicate: object, timeout_s: float = 20.0) -> None:
+def stop(group: subprocess.Popen[str]) -> None:
+    """Kills the group if a test left it running, and reads its pipe to the end: a pipe left
+    open is closed by the garbage collector in whichever test runs next, whose warnings are
+    errors (this once failed an unrelated chart test)."""
+    group.kill()
+    group.communicate()
+
+
+def wait_until(predicate: object, timeout_s: float = 60.0) -> None:
+    """Waits for a condition; the timeout only guards against a hang (two interpreters start
+    before a stand-in answers, which took over 20 s on a loaded 2-core CI machine)."""
     deadline = time.monotonic() + timeout_s
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
@@ -133,7 +143,7 @@ def test_children_start_in_order_and_drain_on_sigterm(stand_in: Path, tmp_path: 
         group.send_signal(signal.SIGTERM)
         out, _ = group.communicate(timeout=20)
     finally:
-        group.kill()
+        stop(group)
     assert group.returncode == 0, out
     terminated = {n for _, n, e in events(log) if e == "SIGTERM"}
     assert terminated == {"llm", "first_stage"}
@@ -152,7 +162,7 @@ def test_a_child_that_exits_stops_the_group_with_its_code(stand_in: Path, tmp_pa
     try:
         out, _ = group.communicate(timeout=30)
     finally:
-        group.kill()
+        stop(group)
     assert group.returncode == 3, out  # the LLM worker's "engine died": the kubelet restarts
     assert "llm exited with code 3" in out
     assert ("first_stage", "SIGTERM") in {(n, e) for _, n, e in events(log)}
@@ -171,7 +181,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(
         group.send_signal(signal.SIGTERM)
         out, _ = group.communicate(timeout=20)
     finally:
-        group.kill()
+        stop(group)
     assert time.monotonic() - began < 6
     assert "SIGKILL" in out
     assert group.returncode == 0  # stopped as asked; the kill is in the log
@@ -199,6 +209,6 @@ def test_sigterm_during_start_up_starts_nothing_more(stand_in: Path, tmp_path: P
         group.send_signal(signal.SIGTERM)  # a rollout while the LLM is still loading
         out, _ = group.communicate(timeout=20)
     finally:
-        group.kill()
+        stop(group)
     assert group.returncode == 0, out
     assert {n for _, n, _ in events(log)} == {"llm"}  # the de-tokenizer was never started
