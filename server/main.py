@@ -61,7 +61,6 @@ def main(
 
     from server.app import create_app
     from server.settings import GatewaySettings
-    from workers.connection import check_redis_at_startup
     from workers.startup import check_redis, listening_socket
 
     overrides: dict[str, Any] = {}
@@ -80,11 +79,9 @@ def main(
     sock = listening_socket(
         settings.host, settings.port, "another process holds it: set --port or SEEDX_GATEWAY_PORT"
     )
-    # A rejected password or an unverified certificate: one line and exit 78, not a gateway
-    # that reports "unavailable" forever.
+    # A rejected password, an unverified certificate or a Redis Cluster: one line and exit 78,
+    # not a gateway that reports "unavailable" forever.
     asyncio.run(check_redis(settings.redis))
-    # Redis Cluster: one line and exit 78 now, not a failure at the first multi-key script.
-    check_redis_at_startup(settings.redis)
     app = create_app(settings)
     # Everything built so far (modules, schemas, routes) lives as long as the process: moved out
     # of the collector's generations, full collections stop re-scanning it, which shortens the

@@ -190,22 +190,6 @@ async def refuse_cluster(redis: Redis, url: str | None = None) -> None:
         raise StartupError(f"{CLUSTER_REFUSED} (the server runs in cluster mode)")
 
 
-def check_redis_at_startup(settings: RedisSettings) -> None:
-    """:func:`refuse_cluster` on a client of its own, for a process not yet in an event loop
-    (the gateway, before uvicorn starts)."""
-
-    refuse_cluster_url(settings.url)
-
-    async def check() -> None:
-        client = create_redis(settings)
-        try:
-            await refuse_cluster(client, settings.url)
-        finally:
-            await client.aclose()
-
-    asyncio.run(check())
-
-
 async def sleep_until(event: asyncio.Event, timeout: float) -> None:
     """Sleep ``timeout`` seconds, or less if ``event`` is set meanwhile."""
     with contextlib.suppress(asyncio.TimeoutError):

@@ -58,12 +58,19 @@ async def check_redis(settings: RedisSettings) -> None:
 
     from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-    from workers.connection import CONNECTION_ERRORS, create_redis
+    from workers.connection import (
+        CONNECTION_ERRORS,
+        create_redis,
+        refuse_cluster,
+        refuse_cluster_url,
+    )
 
+    refuse_cluster_url(settings.url)
     client = create_redis(settings.model_copy(update={"retry_attempts": 0}))
     where = _redacted(settings.url)
     try:
         await client.ping()
+        await refuse_cluster(client)  # a Cluster: exit 78 now, not at the first multi-key script
     except AuthenticationError as exc:  # WRONGPASS, NOAUTH
         raise StartupError(
             f"Redis at {where} refused authentication ({exc}): check the user and password "

@@ -49,7 +49,6 @@ from tests.integration.workers.helpers import chat_job, gateway, running_worker
 from workers import connection, keys
 from workers.blobs import BlobStore
 from workers.connection import (
-    check_redis_at_startup,
     create_redis,
     refuse_cluster,
     refuse_cluster_url,
@@ -59,7 +58,7 @@ from workers.handler import Handler, JobContext
 from workers.protocol import Done, EmbeddingReady, Event, Failed, Job, TextDelta
 from workers.replies import ReplyWriter
 from workers.settings import QueueSettings, RedisSettings
-from workers.startup import StartupError
+from workers.startup import StartupError, check_redis
 from workers.worker import Worker
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -422,7 +421,7 @@ async def test_cluster_is_refused_at_start(
 
 def test_gateway_start_refuses_a_cluster(cluster_server: RedisProcess, tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="cluster mode"):
-        check_redis_at_startup(fast_redis_settings(cluster_server.url))
+        asyncio.run(check_redis(fast_redis_settings(cluster_server.url)))
     environ = {**os.environ, "SEEDX_GATEWAY_API_KEYS": f'["{KEY}"]'}
     result = subprocess.run(
         [
