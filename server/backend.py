@@ -14,7 +14,7 @@ from typing import Protocol
 from workers import keys
 from workers.protocol import BlobRef, Job, Reply, WorkerInfo
 from workers.settings import QueueSettings, RedisSettings
-from workers.transport import Transport
+from workers.transport import QueueStats, Transport
 
 
 class EventStream(Protocol):
@@ -103,6 +103,10 @@ class Backend(Protocol):
         """Queued plus running jobs of ``stage``/``model``."""
         ...
 
+    async def queue_stats(self, stage: keys.Stage, model: str) -> QueueStats:
+        """Queued and running (delivered, unacknowledged) jobs of ``stage``/``model``, apart."""
+        ...
+
 
 class RedisBackend:
     """:class:`Backend` over the Redis transport (``workers.transport``)."""
@@ -152,5 +156,8 @@ class RedisBackend:
         return await self.transport.workers.list_workers()
 
     async def queue_load(self, stage: keys.Stage, model: str) -> int:
-        stats = await self.transport.queue.stats(keys.job_stream(stage, model))
+        stats = await self.queue_stats(stage, model)
         return stats.queued + stats.running
+
+    async def queue_stats(self, stage: keys.Stage, model: str) -> QueueStats:
+        return await self.transport.queue.stats(keys.job_stream(stage, model))

@@ -66,6 +66,7 @@ from workers.protocol import (
     new_id,
 )
 from workers.settings import QueueSettings
+from workers.transport import QueueStats
 
 Script = Callable[[Job, Any], AsyncIterator[Event]]
 """``script(job, backend)``: ``backend`` is a :class:`FakeBackend` or, in a real worker, a
@@ -356,6 +357,11 @@ class FakeBackend:
 
     async def queue_load(self, stage: keys.Stage, model: str) -> int:
         return self.loads.get((stage, model), 0)
+
+    async def queue_stats(self, stage: keys.Stage, model: str) -> QueueStats:
+        """``loads`` as queued jobs, none delivered (enough for the gateway's gauges)."""
+        load = self.loads.get((stage, model), 0)
+        return QueueStats(keys.job_stream(stage, model), load, 0, load, 0, 0.0)
 
     def serve(self, stage: keys.Stage, model: str) -> None:
         """Add a live worker of ``stage`` for ``model``."""

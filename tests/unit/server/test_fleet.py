@@ -1,4 +1,5 @@
-"""Fleet gauges: live workers and queued jobs per stage and model, refreshed at scrape time."""
+"""Fleet gauges: live workers, queued jobs and load per stage and model, refreshed at scrape
+time (the load against a real Redis: tests/integration/gateway/test_queue_load.py)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ async def test_refresh_counts_workers_and_load_and_keeps_gone_streams_at_zero() 
     await fleet.refresh(backend)
     assert _value("seedx_fleet_live_workers", "llm", "fleet-a") == 2
     assert _value("seedx_fleet_queue_jobs", "llm", "fleet-a") == 5
+    assert _value("seedx_fleet_capacity_jobs", "llm", "fleet-a") == 8  # 2 heartbeats of 4
+    assert _value("seedx_queue_load", "llm", "fleet-a") == 5 / 8
     assert _value("seedx_fleet_live_workers", "diffusion", "fleet-b") == 1
     backend.workers = [w for w in backend.workers if w.model != "fleet-b"]
     backend.loads[("diffusion", "fleet-b")] = 3
     await fleet.refresh(backend)
     assert _value("seedx_fleet_live_workers", "diffusion", "fleet-b") == 0  # scale-to-zero signal
     assert _value("seedx_fleet_queue_jobs", "diffusion", "fleet-b") == 3
+    assert _value("seedx_queue_load", "diffusion", "fleet-b") == 3  # the job count, no worker
 
 
 class _Down(FakeBackend):
