@@ -12,6 +12,14 @@ A Redis at ``maxmemory`` with ``maxmemory-policy noeviction`` refuses writes wit
 write with backoff until the job's deadline before failing it with that error. Every refusal is
 counted in ``seedx_redis_full_refusals_total``.
 
+A Sentinel-managed Redis (``redis+sentinel://`` URL, :func:`workers.settings.parse_sentinel_url`)
+gets redis-py's Sentinel client from the same factory, so the gateway and both workers follow a
+failover alike: each new connection asks the sentinels for the current master, and a connection
+still on a demoted master fails with ``ReadOnlyError`` / a reset, which redis-py turns into a
+:class:`~redis.exceptions.ConnectionError` and retries after re-asking the sentinels. While the
+sentinels elect a new master (no master known: ``MasterNotFoundError``, also a ConnectionError)
+the retries run out and callers see :class:`Unavailable` (503), loops back off; never a 500.
+
 Redis Cluster is refused at start-up (:func:`refuse_cluster`): a serving stack's Redis traffic
 fits one primary, and the transport's multi-key scripts (enqueue with its idempotency and
 cancellation keys, blob ownership) need every key in one slot, which a cluster does not give.
@@ -32,13 +40,14 @@ from urllib.parse import urlsplit
 from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workers.errors import StoreFull, Unavailable
-from workers.settings import RedisSettings
+from workers.settings import RedisSettings, SentinelTarget
 from workers.startup import StartupError
 
 logger = logging.getLogger(__name__)
@@ -79,23 +88,70 @@ def seconds_since_full() -> float | None:
 
 
 def create_redis(settings: RedisSettings) -> Redis:
-    """A pooled asyncio client with bounded retries; binary-safe (``decode_responses=False``)."""
+    """A pooled asyncio client with bounded retries; binary-safe (``decode_responses=False``).
+
+    For a ``redis+sentinel://`` URL, the client of the master the sentinels name (see the module
+    docstring); otherwise a client of the URL's server."""
     retry = Retry(
         EqualJitterBackoff(cap=settings.retry_backoff_cap_s, base=settings.retry_backoff_base_s),
         settings.retry_attempts,
     )
-    client: Redis = Redis.from_url(
-        settings.url,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=settings.connect_timeout_s,
-        retry=retry,
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        max_connections=settings.max_connections,
-        health_check_interval=settings.health_check_interval_s,
-        client_name=settings.client_name,
-        decode_responses=False,
-        **settings.connection_kwargs(),  # TLS (rediss://)
+    options: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "retry": retry,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "max_connections": settings.max_connections,
+        "health_check_interval": settings.health_check_interval_s,
+        "client_name": settings.client_name,
+        "decode_responses": False,
+        **settings.connection_kwargs(),  # TLS (rediss://, rediss+sentinel://)
+    }
+    target = settings.sentinel
+    if target is not None:
+        return _sentinel_master(target, settings, options)
+    client: Redis = Redis.from_url(settings.url, **options)
+    return client
+
+
+class SentinelMasterRedis(Redis):
+    """The master's client from redis-py's Sentinel; closing it also closes the connections to
+    the sentinels (redis-py leaves them open)."""
+
+    sentinel_manager: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel_manager is not None:
+            for client in self.sentinel_manager.sentinels:
+                await client.aclose()
+
+
+def _sentinel_master(
+    target: SentinelTarget, settings: RedisSettings, options: dict[str, Any]
+) -> Redis:
+    """A client that asks ``target``'s sentinels for the master at every new connection."""
+    tls = {"ssl": True, **settings.connection_kwargs()} if target.tls else {}
+    sentinel = Sentinel(
+        target.sentinels,
+        sentinel_kwargs={
+            # one sentinel that does not answer must not stall discovery: the next is asked
+            "socket_timeout": settings.connect_timeout_s,
+            "socket_connect_timeout": settings.connect_timeout_s,
+            "password": settings.sentinel_password,
+            **tls,
+        },
     )
+    client = sentinel.master_for(
+        target.master,
+        redis_class=SentinelMasterRedis,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **{**options, "ssl": target.tls},
+    )
+    assert isinstance(client, SentinelMasterRedis)
+    client.sentinel_manager = sentinel
     return client
 
 

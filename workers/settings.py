@@ -7,12 +7,65 @@ benchmark). Nothing here is read at import time: build them in ``main`` and pass
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers import keys
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """A ``redis+sentinel://`` URL taken apart: where the sentinels are, which master set to
+    ask them for, and how to talk to that master once found."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget | None:
+    """``[redis|rediss]+sentinel://[user:password@]host1:port1,host2:port2/master[/db]`` ->
+    :class:`SentinelTarget`; None for any other scheme; ValueError naming what is wrong.
+
+    One URL rather than separate settings: every process already takes its Redis as one URL
+    (``--redis-url``, ``SEEDX_*_REDIS__URL``, the chart's Secret), so a Sentinel-managed Redis
+    is switched to by changing that one value. The credentials are the master's (the ACL user
+    of docs/deploy.md); the sentinels' own password, if they have one, is ``sentinel_password``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SENTINEL_SCHEMES:
+        return None
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    sentinels = []
+    for host in filter(None, hosts.split(",")):
+        name, sep, port = host.rpartition(":")
+        if not sep or not port.isdigit() or not name:
+            raise ValueError(f"sentinel address {host!r} must be host:port")
+        sentinels.append((name.strip("[]"), int(port)))
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not sentinels or not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(
+            "a Sentinel URL is redis+sentinel://[user:password@]host:port[,host:port...]"
+            "/master-set-name[/db]"
+        )
+    return SentinelTarget(
+        sentinels=tuple(sentinels),
+        master=unquote(path[0]),
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        tls=parts.scheme.lower() == "rediss+sentinel",
+    )
 
 
 class RedisSettings(BaseSettings):
@@ -22,7 +75,14 @@ class RedisSettings(BaseSettings):
 
     url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="Redis/Valkey URL (redis://, rediss:// or unix://), database included.",
+        description="Redis/Valkey URL (redis://, rediss:// or unix://), database included; "
+        "or a Sentinel-managed master: redis+sentinel://[user:password@]host:port[,host:port...]"
+        "/master-set-name[/db] (rediss+sentinel:// for TLS to sentinels and master).",
+    )
+    sentinel_password: str | None = Field(
+        default=None,
+        description="redis+sentinel:// only: the sentinels' own password (their requirepass), "
+        "when they have one; the URL's credentials are the master's.",
     )
     socket_timeout_s: float = Field(
         default=5.0,
@@ -70,9 +130,21 @@ class RedisSettings(BaseSettings):
         description="rediss:// only: the certificate must name the URL's host.",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _check_sentinel_url(cls, url: str) -> str:
+        parse_sentinel_url(url)  # a malformed Sentinel URL is refused with the form it must have
+        return url
+
+    @property
+    def sentinel(self) -> SentinelTarget | None:
+        """The Sentinel set and master the URL names (None: a plain Redis URL)."""
+        return parse_sentinel_url(self.url)
+
     def connection_kwargs(self) -> dict[str, Any]:
-        """The TLS arguments of redis-py's ``from_url`` (none unless the URL is rediss://)."""
-        if not self.url.startswith("rediss://"):
+        """The TLS arguments of redis-py's connections (none unless the URL is rediss:// or
+        rediss+sentinel://)."""
+        if not self.url.startswith(("rediss://", "rediss+sentinel://")):
             return {}
         return {
             "ssl_ca_certs": self.ssl_ca_certs,
