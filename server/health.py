@@ -17,7 +17,7 @@ for the missing model get 503 with ``Retry-After`` until a worker is back. ``see
 one gateway in front of a known set of workers, lists the models it starts.
 
 Redis full: while Redis refuses this gateway's writes for want of memory (``maxmemory`` with
-``noeviction``: a refusal within the last :data:`REDIS_FULL_WINDOW_S`), the ``redis_memory``
+``noeviction``: a refusal within the last ``redis_full_window_s``), the ``redis_memory``
 check is false, ``redis`` in the body says ``"Redis full"`` and ``seedx_gateway_redis_full`` is 1:
 no request could be admitted (each gets 503 with ``Retry-After``), so the replica leaves its
 Service until the next probe finds room (docs/deploy.md: sizing ``maxmemory``).
@@ -43,15 +43,14 @@ from workers.errors import TransportError
 
 router = APIRouter(tags=["health"])
 
-REDIS_FULL_WINDOW_S = 10.0
-"""How long after Redis refused a write for want of memory ``/readyz`` still says full."""
 
-
-def redis_full() -> bool:
-    """Whether Redis refused one of this process's writes within :data:`REDIS_FULL_WINDOW_S`
-    (and the gauge ``seedx_gateway_redis_full`` set to match)."""
+def redis_full(window_s: float) -> bool:
+    """Whether Redis refused one of this process's writes within the last ``window_s`` seconds
+    (``GatewaySettings.redis_full_window_s``), and the gauge ``seedx_gateway_redis_full`` set to
+    match. A refusal is an event and readiness a state: the window holds the state long
+    enough for the readiness probe and the scrape, which come between requests, to see it."""
     since = seconds_since_full()
-    full = since is not None and since < REDIS_FULL_WINDOW_S
+    full = since is not None and since < window_s
     REDIS_FULL.set(1 if full else 0)
     return full
 
@@ -81,7 +80,7 @@ async def readyz(
     checks: dict[str, bool] = {
         "redis": await gateway.backend.ping(),
         "reply_reader": gateway.backend.connected,
-        "redis_memory": not redis_full(),
+        "redis_memory": not redis_full(gateway.settings.redis_full_window_s),
     }
     states: list[ModelState]
     try:
@@ -112,5 +111,5 @@ async def readyz(
 async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus text format of every collector in this process, fleet gauges refreshed."""
     await fleet.refresh(gateway.backend)
-    redis_full()
+    redis_full(gateway.settings.redis_full_window_s)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -212,6 +212,15 @@ class GatewaySettings(BaseSettings):
         description="How long a stored /v1/responses answer (store: true) can be retrieved "
         "and continued with previous_response_id; it lives in Redis, images included.",
     )
+    redis_full_window_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="How long after Redis refused one of this gateway's writes for want of "
+        "memory (maxmemory, noeviction) /readyz stays 503 (check redis_memory false) and "
+        "seedx_gateway_redis_full stays 1. Longer than the readiness probe's period, so a probe "
+        "sees a refusal that came between two probes.",
+    )
     url_signing_key: SecretStr | None = Field(
         default=None,
         description="HMAC key of image content URLs; share it across replicas (default: random).",

@@ -201,3 +201,20 @@ async def test_scale_to_zero_stage_queues_jobs_and_stays_ready(
         "/v1/images/variations", files=files, data={"size": "64x64", "model": "third_stage"}
     )
     assert_openai_error(unknown, 404)
+
+
+@pytest.mark.parametrize("settings", [make_settings(redis_full_window_s=3.0)])
+async def test_redis_full_lasts_the_configured_window(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``redis_full_window_s``: not ready while the last OOM refusal is younger than it, ready
+    once it is older (the refusals themselves: tests/integration/gateway/test_redis_full.py)."""
+    monkeypatch.setattr("server.health.seconds_since_full", lambda: 2.9)
+    full = await client.get("/readyz")
+    assert full.status_code == 503
+    assert full.json()["checks"]["redis_memory"] is False
+    assert "seedx_gateway_redis_full 1.0" in (await client.get("/metrics")).text
+    monkeypatch.setattr("server.health.seconds_since_full", lambda: 3.1)
+    ready = await client.get("/readyz")
+    assert ready.json()["checks"]["redis_memory"] is True
+    assert "seedx_gateway_redis_full 0.0" in (await client.get("/metrics")).text
