@@ -2,8 +2,9 @@
 
 ``engine.sampling`` expands each job into 1-3 rows (its guidance branches) and runs all rows of
 all jobs through one UNet call. :class:`BatchRows` keeps which rows belong to which job, so the
-loop can mix each job's branches back together and drop a job's rows mid-run (issue 5: a
-cancelled job must stop costing UNet work inside a batch).
+loop can mix each job's branches back together, drop a job's rows mid-run (issue 5: a
+cancelled job must stop costing UNet work inside a batch) and append the rows of jobs that join
+a running batch (issue 25: step-level batching).
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ class BatchRows:
             cond=self.cond[index] if self.cond is not None else None,
             gather=torch.tensor(gather, device=self.gather.device),
             spans=spans,
+        )
+
+    def concat(self, other: BatchRows) -> BatchRows:
+        """These rows, then ``other``'s (its jobs numbered after these): jobs joining a batch."""
+        offset, jobs = len(self), len(self.spans)
+        return BatchRows(
+            embeds=torch.cat([self.embeds, other.embeds]),
+            pooled=torch.cat([self.pooled, other.pooled]),
+            cond=None
+            if self.cond is None or other.cond is None
+            else torch.cat([self.cond, other.cond]),
+            gather=torch.cat([self.gather, other.gather + jobs]),
+            spans=self.spans + [(a + offset, b + offset) for a, b in other.spans],
         )
 
     def __len__(self) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -40,7 +41,6 @@ from engine.pipeline_inputs import (
     vae_pixels,
 )
 from engine.sampling import (
-    BatchResult,
     BatchStepCallback,
     Conditioning,
     ParameterError,
@@ -48,10 +48,9 @@ from engine.sampling import (
     SamplingOptions,
     StepCallback,
     resolve_seed,
-    sample,
-    sample_batch,
 )
 from engine.schedulers import make_scheduler
+from engine.step_batch import BatchResult, StepBatch, sample, sample_batch
 from engine.vit import QwenViT
 
 logger = logging.getLogger(__name__)
@@ -174,6 +173,12 @@ class DetokenizerPipeline:
         options.validate()
         scheduler = make_scheduler(options.scheduler, self.scheduler_config)
         return sample_batch(self.unet, scheduler, jobs, options, on_step)
+
+    def step_batch(self, options: SamplingOptions) -> StepBatch[Any]:
+        """An empty step-level batch for ``options`` (jobs join it between steps)."""
+        return StepBatch(
+            self.unet, make_scheduler(options.scheduler, self.scheduler_config), options
+        )
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:

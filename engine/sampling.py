@@ -1,13 +1,14 @@
-"""The batched SDXL denoising loop shared by every de-tokenizer pipeline (§5.2 step 5, §5.3, §5.4).
+"""Options, jobs and guidance of the SDXL denoising loop (§5.2 step 5, §5.3, §5.4).
 
-One call samples a *batch of independent jobs*: each job brings its own conditioning, seed and
+A batch samples *independent jobs*: each job brings its own conditioning, seed and
 guidance scale(s); the batch shares size, step count and scheduler. Every job expands into its
 guidance branches (rows) and all rows of all jobs go through the UNet together, so the diffusion
 worker (issue 5) batches jobs through exactly this code. A job's initial noise is drawn from its
 own generator with its own ``[1, 4, h/8, w/8]`` shape and the schedulers are elementwise and
 noise-free inside ``step`` (``engine.schedulers``), so a seed gives the same image whatever batch
-it lands in, up to the UNet's batch-size-dependent kernel rounding. ``sample_batch`` can also
-drop jobs between steps (the worker's in-batch cancellation); ``sample`` is it without drops.
+it lands in, up to the UNet's batch-size-dependent kernel rounding. The loop itself, where jobs
+join and leave between steps, is ``engine.step_batch``; this module holds what it is made of:
+options, jobs, their guidance rows and the guidance mix.
 
 Guidance per job:
 * 4-channel UNet (first stage): rows ``[negative, positive]`` when ``guidance_scale > 1``
@@ -28,11 +29,9 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from engine.batch_rows import BatchRows
-from engine.schedulers import SCHEDULERS, select_scheduler_rows
+from engine.schedulers import SCHEDULERS
 
 MAX_STEPS = 150
 MAX_SIDE = 4096
@@ -235,108 +234,3 @@ def initial_latents(
         for job in jobs
     ]
     return torch.cat(noise) * init_noise_sigma
-
-
-def _stack_rows(
-    jobs: Sequence[SamplingJob], conditioned: bool, device: torch.device, dtype: torch.dtype
-) -> BatchRows:
-    per_job = [
-        [(c.prompt_embeds, c.pooled, cond) for c, cond in _job_rows(job, conditioned)]
-        for job in jobs
-    ]
-    return BatchRows.stack(per_job, device, dtype)
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What ``sample_batch`` returns: final latents of the jobs that ran to the end.
-
-    ``latents[i]`` belongs to ``jobs[job_indices[i]]``; dropped jobs are absent.
-    """
-
-    latents: torch.Tensor
-    job_indices: tuple[int, ...]
-
-
-@torch.no_grad()
-def sample_batch(
-    unet: UNet2DConditionModel,
-    scheduler: SchedulerMixin,
-    jobs: Sequence[SamplingJob],
-    options: SamplingOptions,
-    on_step: BatchStepCallback | None = None,
-) -> BatchResult:
-    """Runs the denoising loop for ``jobs``; jobs can be dropped between steps.
-
-    ``on_step`` runs after every step with the latents of the jobs still running and their
-    indices in ``jobs``; the indices it returns leave the batch before the next step, so a job
-    nobody waits for stops costing UNet work at once (issue 5: cancellation inside a batch).
-    The others continue unchanged: their noise, conditioning and guidance are per job and the
-    schedulers are elementwise (``engine.schedulers.select_scheduler_rows`` slices the history
-    of multistep ones), so their images equal a run without the dropped jobs up to the UNet's
-    batch-size-dependent rounding. When every job is dropped the loop ends at once.
-    ``scheduler`` must be a fresh instance (its state advances).
-    """
-    options.validate()
-    latent_hw = (options.height // 8, options.width // 8)
-    conditioned = _check_jobs(unet, jobs, latent_hw)
-    device, dtype = unet.device, unet.dtype
-    rows = _stack_rows(jobs, conditioned, device, dtype)
-    ids = torch.tensor([time_ids(options.height, options.width)], device=device, dtype=dtype)
-    added = {"text_embeds": rows.pooled, "time_ids": ids.repeat(len(rows), 1)}
-
-    scheduler.set_timesteps(options.num_inference_steps, device=device)
-    latents = initial_latents(jobs, latent_hw, device, dtype, scheduler.init_noise_sigma)
-    active = tuple(range(len(jobs)))
-    timesteps = scheduler.timesteps
-    for step, t in enumerate(timesteps):
-        model_in = scheduler.scale_model_input(latents[rows.gather], t)
-        if rows.cond is not None:
-            model_in = torch.cat([model_in, rows.cond], dim=1)
-        eps_rows = unet(
-            model_in,
-            t,
-            encoder_hidden_states=rows.embeds,
-            added_cond_kwargs=added,
-            return_dict=False,
-        )[0]
-        # the original edit pipeline's "sigma space" test: hasattr(scheduler, "sigmas")
-        sigma = scheduler.sigmas[step] if hasattr(scheduler, "sigmas") else None
-        eps = torch.cat(
-            [
-                _mix(jobs[j], eps_rows[a:b], conditioned, latents[i : i + 1], sigma)
-                for i, (j, (a, b)) in enumerate(zip(active, rows.spans, strict=True))
-            ]
-        )
-        latents = scheduler.step(eps, t, latents, return_dict=False)[0]
-        drop = on_step(step, len(timesteps), latents, active) if on_step is not None else None
-        if drop:
-            keep = [i for i, j in enumerate(active) if j not in drop]
-            active = tuple(active[i] for i in keep)
-            if not active:
-                break
-            rows = rows.select(keep)
-            added = {"text_embeds": rows.pooled, "time_ids": ids.repeat(len(rows), 1)}
-            latents = latents[keep]
-            select_scheduler_rows(scheduler, keep)
-    return BatchResult(latents if active else latents[:0], active)
-
-
-def sample(
-    unet: UNet2DConditionModel,
-    scheduler: SchedulerMixin,
-    jobs: Sequence[SamplingJob],
-    options: SamplingOptions,
-    callback: StepCallback | None = None,
-) -> torch.Tensor:
-    """Runs the denoising loop for ``jobs``; returns their final latents ``[n, 4, h/8, w/8]``.
-
-    ``scheduler`` must be a fresh instance (its state advances). ``callback`` runs after every
-    step with the batch latents; returning ``False`` raises ``SamplingCancelled``.
-    """
-
-    def on_step(step: int, total: int, latents: torch.Tensor, _: tuple[int, ...]) -> None:
-        if callback is not None and callback(step, total, latents) is False:
-            raise SamplingCancelled(step)
-
-    return sample_batch(unet, scheduler, jobs, options, on_step).latents

@@ -11,17 +11,16 @@ whatever the batch (issue 5). Ancestral or SDE samplers would need per-job noise
 loop; they are deliberately not listed.
 
 Schedulers are stateful (timesteps, step index, multistep history), so a pipeline builds a new
-one per sampling run instead of sharing an instance between concurrent runs. The only state with
-a batch axis is DPM-Solver++'s history of model outputs; ``select_scheduler_rows`` slices it when
-the sampling loop drops jobs from a running batch.
+one per sampling run instead of sharing an instance between concurrent runs. In a step-level
+batch every job is at its own step: ``engine.row_steppers`` updates each job with its own sigma
+(Euler, vectorised) or its own scheduler instance (the others).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
@@ -69,24 +68,3 @@ def make_scheduler(name: str, config: Mapping[str, Any]) -> SchedulerMixin:
         # Pin the deterministic variant even if a stored config names an SDE one.
         return klass.from_config(dict(config), algorithm_type="dpmsolver++")
     return klass.from_config(dict(config))
-
-
-def select_scheduler_rows(scheduler: SchedulerMixin, keep: Sequence[int]) -> None:
-    """Keeps only batch rows ``keep`` of ``scheduler``'s per-sample state, in place.
-
-    Euler and DDIM keep no per-sample state between steps (only the step index, shared by the
-    batch); DPM-Solver++ keeps its last ``solver_order`` model outputs. Any other class is
-    refused rather than risk silently mixing one job's history into another's.
-    """
-    if isinstance(scheduler, (EulerDiscreteScheduler, DDIMScheduler)):
-        return
-    if isinstance(scheduler, DPMSolverMultistepScheduler):
-        outputs = scheduler.model_outputs
-        index: torch.Tensor | None = None
-        for i, output in enumerate(outputs):
-            if output is not None:
-                if index is None:
-                    index = torch.tensor(list(keep), device=output.device)
-                outputs[i] = output[index]
-        return
-    raise TypeError(f"cannot drop batch rows of a {type(scheduler).__name__}")

@@ -11,7 +11,6 @@ from PIL import Image
 from engine.pipeline_inputs import EditJob, GenerateJob
 from engine.pipelines import DetokenizerPipeline
 from engine.sampling import SamplingOptions
-from engine.schedulers import SDXL_SCHEDULER_CONFIG, make_scheduler, select_scheduler_rows
 from tests.unit.engine.detok_fixtures import BATCH_TOLERANCE
 
 
@@ -91,12 +90,3 @@ def test_sample_keeps_its_contract(first_stage: DetokenizerPipeline) -> None:
     torch.testing.assert_close(
         first_stage.sample(jobs, options), first_stage.sample_batch(jobs, options).latents
     )
-
-
-def test_unknown_scheduler_state_is_refused() -> None:
-    class Custom:
-        pass
-
-    select_scheduler_rows(make_scheduler("euler", SDXL_SCHEDULER_CONFIG), [0])
-    with pytest.raises(TypeError, match="Custom"):
-        select_scheduler_rows(Custom(), [0])  # type: ignore[arg-type]
