@@ -4,7 +4,8 @@ The lifespan starts the backend (the Redis transport's single reply-reader task 
 process) and, on shutdown, waits for pending request cleanups (job cancellations, blob
 releases) before closing it. Middleware, outermost first: metrics (sees every answer, 401 and
 413 included), CORS (when origins are configured), API keys (before any body is read), the body
-limit (while the body is read).
+limit (while the body is read), ``Idempotency-Key`` (on a Redis backend: it keeps answers in
+Redis; :mod:`server.idempotency`).
 
 Tests pass their own ``backend`` (a fake implementing :class:`server.backend.Backend`); the
 process passes none and gets :class:`~server.backend.RedisBackend` on ``settings.redis``.
@@ -12,6 +13,7 @@ process passes none and gets :class:`~server.backend.RedisBackend` on ``settings
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +26,7 @@ from server.backend import Backend, RedisBackend
 from server.chat.router import router as chat_router
 from server.errors import install_error_handlers
 from server.health import router as health_router
+from server.idempotency import IdempotencyMiddleware, IdempotentRuns, RequestRecords
 from server.images.router import router as images_router
 from server.limits import BodyLimitMiddleware
 from server.metrics import MetricsMiddleware
@@ -37,6 +40,8 @@ from server.state import Gateway
 
 API_VERSION = "1"
 
+logger = logging.getLogger(__name__)
+
 
 def create_app(
     settings: GatewaySettings,
@@ -48,6 +53,7 @@ def create_app(
     backend = backend or RedisBackend.connect(settings.redis, settings.queue)
     gateway = Gateway.build(settings, backend)
     responses = responses or store_for(backend, settings.response_store_ttl_s)
+    runs = idempotent_runs(settings, backend)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +61,8 @@ def create_app(
         try:
             yield
         finally:
+            if runs is not None:
+                await runs.close()
             await gateway.dispatcher.drain()
             await gateway.admission.close()
             await gateway.directory.close()
@@ -81,6 +89,10 @@ def create_app(
     if settings.playground_enabled:
         mount_playground(app)
         open_paths |= playground_paths()
+    if runs is not None:
+        app.add_middleware(
+            IdempotencyMiddleware, runs=runs, retry_after_s=settings.admission.retry_after_s
+        )
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -97,12 +109,27 @@ def create_app(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(MetricsMiddleware)
     _document_security(app)
     return app
+
+
+def idempotent_runs(settings: GatewaySettings, backend: Backend) -> IdempotentRuns | None:
+    """The ``Idempotency-Key`` runs, kept in Redis beside the job transport; None on another
+    backend (unit tests' fakes), where the header is not acted on."""
+    if not isinstance(backend, RedisBackend):
+        logger.info("Idempotency-Key is not supported: the backend is not Redis")
+        return None
+    records = RequestRecords(
+        backend.transport.redis,
+        ttl_s=settings.idempotency_ttl_s,
+        lease_s=settings.queue.lease_s,
+        block_s=settings.queue.block_s,
+    )
+    return IdempotentRuns(records)
 
 
 def _document_security(app: FastAPI) -> None:

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from server.metrics import RejectReason, reject
 from server.unicode import printable
@@ -73,6 +74,17 @@ class PreviousResponseNotFound(InvalidRequest):
     code = "previous_response_not_found"
 
 
+class IdempotencyKeyReused(TransportError):
+    """An ``Idempotency-Key`` already names a different request (another body, endpoint or
+    method) of the same API key: 422, as draft-ietf-httpapi-idempotency-key-header says for a
+    key reused with a different payload (the request is well formed, so not 400; and nothing is
+    in conflict with the resource's state, so not 409)."""
+
+    code = "idempotency_key_reused"
+    http_status = 422
+    type = "invalid_request_error"
+
+
 def error_of_payload(payload: ErrorPayload) -> TransportError:
     """The exception for a worker's ``Failed`` payload (the wire table of ``workers.errors``:
     ``invalid_request`` answers 400 naming the parameter, unknown codes 502)."""
@@ -117,6 +129,24 @@ def error_frame(exc: BaseException) -> bytes:
     else:
         body = error_body("internal error", "server_error", "internal_error")
     return b"data: " + json.dumps(body).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+def http_error_response(scope: Scope, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's HTTP errors (404, 405, and the body limit's 408/413) as OpenAI's body."""
+    status = exc.status_code
+    type_ = "invalid_request_error" if status < 500 else "server_error"
+    code = {
+        404: "not_found",
+        405: "method_not_allowed",
+        408: "request_timeout",
+        413: "payload_too_large",
+    }.get(status)
+    if status == 413:
+        reject(scope, "too_large")
+    elif status == 408:
+        reject(scope, "body_timeout")
+    body = error_body(str(exc.detail), type_, code)
+    return JSONResponse(body, status_code=status, headers=exc.headers)
 
 
 def validation_param(loc: Sequence[Any], body: Any = None) -> str | None:
@@ -190,20 +220,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        status = exc.status_code
-        type_ = "invalid_request_error" if status < 500 else "server_error"
-        code = {
-            404: "not_found",
-            405: "method_not_allowed",
-            408: "request_timeout",
-            413: "payload_too_large",
-        }.get(status)
-        if status == 413:
-            reject(request.scope, "too_large")
-        elif status == 408:
-            reject(request.scope, "body_timeout")
-        body = error_body(str(exc.detail), type_, code)
-        return JSONResponse(body, status_code=status, headers=exc.headers)
+        return http_error_response(request.scope, exc)
 
     async def on_wire_validation(request: Request, exc: Exception) -> JSONResponse:
         # A request the API schema let through but a wire message refused: the API schema

@@ -74,6 +74,16 @@ JOBS_CANCELLED = Counter(
     ["stage"],
 )
 
+IDEMPOTENT_REQUESTS = Counter(
+    "seedx_gateway_idempotent_requests_total",
+    "Requests carrying an Idempotency-Key, by route and outcome: started (the key's first "
+    "request: it ran), joined (its first request was still running: answered from it), replayed "
+    "(finished: its answer sent again), conflict (the key names another request: 422).",
+    ["route", "outcome"],
+)
+
+IdempotentOutcome = Literal["started", "joined", "replayed", "conflict"]
+
 
 _QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 

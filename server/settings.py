@@ -221,6 +221,13 @@ class GatewaySettings(BaseSettings):
         "seedx_gateway_redis_full stays 1. Longer than the readiness probe's period, so a probe "
         "sees a refusal that came between two probes.",
     )
+    idempotency_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long the answer of a request sent with an Idempotency-Key is kept: a "
+        "retry with the same key (and the same API key) gets it again instead of starting new "
+        "jobs; later the key runs anew. It lives in Redis, images included.",
+    )
     url_signing_key: SecretStr | None = Field(
         default=None,
         description="HMAC key of image content URLs; share it across replicas (default: random).",

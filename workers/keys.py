@@ -52,6 +52,13 @@ CANCEL_PREFIX = f"{PREFIX}:cancel:"
 IDEMPOTENCY_PREFIX = f"{PREFIX}:idem:"
 """``seedx:idem:{key}``: idempotency key -> job_id, so a retried enqueue is not a second job."""
 
+REQUEST_RECORD_PREFIX = f"{PREFIX}:request:"
+"""``seedx:request:{digest}``: the HTTP request an ``Idempotency-Key`` names (its fingerprint and
+attempt), and ``seedx:request:{digest}:{attempt}``, the stream of that attempt's answer (status,
+headers, body chunks) that the first client and every retry read (gateway only:
+``server.idempotency``). The digest hashes the API key's hash and the key: no client text in
+key names."""
+
 RESPONSE_PREFIX = f"{PREFIX}:response:"
 """``seedx:response:{id}``: a stored Responses API object and its conversation (gateway only)."""
 
@@ -109,6 +116,16 @@ def idempotency_key(key: str) -> str:
 def job_idempotency_key(job_id: str) -> str:
     """The implicit idempotency record of a job id (makes a retried enqueue harmless)."""
     return f"{IDEMPOTENCY_PREFIX}job:{job_id}"
+
+
+def request_record_key(digest: str) -> str:
+    """The record of one ``Idempotency-Key`` of one API key (``digest`` hashes both)."""
+    return f"{REQUEST_RECORD_PREFIX}{digest}"
+
+
+def request_answer_stream(digest: str, attempt: str) -> str:
+    """The answer stream of one attempt at the request ``digest`` names."""
+    return f"{REQUEST_RECORD_PREFIX}{digest}:{attempt}"
 
 
 def response_key(response_id: str) -> str:
