@@ -275,6 +275,10 @@ def placement_schema() -> dict[str, Any]:
     )
 
 
+PDB = _obj({"enabled": BOOL, "maxUnavailable": {"type": ["integer", "string"]}})
+"""A worker stage's PodDisruptionBudget (one per Deployment of the stage)."""
+
+
 def stage_schema(process: str, items_key: str, items: dict[str, Any]) -> dict[str, Any]:
     props = {
         "metricsPort": PORT,
@@ -284,13 +288,20 @@ def stage_schema(process: str, items_key: str, items: dict[str, Any]) -> dict[st
         **SCHEDULING,
         "podAnnotations": MAP,
         "probes": PROBES,
+        "pdb": PDB,
     }
     return _obj(props)
 
 
 def build_schema() -> dict[str, Any]:
     scale = _obj(
-        {"minReplicas": INT0, "maxReplicas": INT1, "lagCount": INT1, "cooldownPeriod": INT0}
+        {
+            "minReplicas": INT0,
+            "maxReplicas": INT1,
+            "lagCount": INT1,
+            "targetLoad": {"type": "number", "exclusiveMinimum": 0},
+            "cooldownPeriod": INT0,
+        }
     )
     secret_ref = {"existingSecret": STR, "existingSecretKey": STR}
     props: dict[str, Any] = {
@@ -400,6 +411,7 @@ def build_schema() -> dict[str, Any]:
             {
                 "enabled": BOOL,
                 "pollingInterval": INT1,
+                "prometheus": _obj({"serverAddress": STR}),
                 "llm": scale,
                 "diffusion": scale,
                 "passwordSecret": _obj({"name": STR, "key": STR}),

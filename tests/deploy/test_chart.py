@@ -199,19 +199,115 @@ def test_keda_scales_each_stage_on_its_own_stream(
         assert spec["scaleTargetRef"]["name"] == name
         find(docs, "Deployment", name)  # the target exists
         assert "replicas" not in find(docs, "Deployment", name)["spec"]  # KEDA owns replicas
-        trigger = spec["triggers"][0]
-        assert trigger["type"] == "redis-streams"
-        assert trigger["metadata"]["consumerGroup"] == "workers"  # workers.keys.WORKER_GROUP
-        assert trigger["metadata"]["address"] == f"{P}-redis.seedx.svc:6379"
+        lag, pending = spec["triggers"]  # KEDA's HPA follows the larger of the two
+        for trigger in (lag, pending):
+            assert trigger["type"] == "redis-streams"
+            assert trigger["metadata"]["consumerGroup"] == "workers"  # keys.WORKER_GROUP
+            assert trigger["metadata"]["address"] == f"{P}-redis.seedx.svc:6379"
+            assert trigger["metadata"]["stream"] == lag["metadata"]["stream"]
+            assert trigger["authenticationRef"]["name"] == f"{P}-redis"
+        assert "pendingEntriesCount" not in lag["metadata"]
+        assert "lagCount" not in pending["metadata"]  # KEDA reads one count per trigger
     streams = {n: s["triggers"][0]["metadata"]["stream"] for n, s in scaled.items()}
     assert streams[f"{P}-llm-seed-x-edit"] == "seedx:jobs:llm:seed-x-edit"
     assert streams[f"{P}-diffusion-second-stage"] == "seedx:jobs:diffusion:second_stage"
+    targets = {
+        n: (s["triggers"][0]["metadata"]["lagCount"], s["triggers"][1]["metadata"][
+            "pendingEntriesCount"]) for n, s in scaled.items()
+    }  # fmt: skip
+    assert targets == {
+        f"{P}-llm-seed-x-i": ("16", "32"),  # lagCount; the worker's capacity
+        f"{P}-llm-seed-x-edit": ("16", "16"),  # its own capacity: 16
+        f"{P}-diffusion-first-stage": ("4", "8"),  # held_jobs: 2 x max_batch
+        f"{P}-diffusion-second-stage": ("4", "8"),
+    }
     assert scaled[f"{P}-diffusion-first-stage"]["minReplicaCount"] == 0  # scale to zero
     gateway_env = find(docs, "Deployment", f"{P}-gateway")["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in gateway_env["containers"][0]["env"]}
     assert env["SEEDX_GATEWAY_ADMISSION__SCALE_TO_ZERO"] == '["diffusion"]'
     redis_policy = find(docs, "NetworkPolicy", f"{P}-redis")["spec"]["ingress"][0]["from"]
     assert len(redis_policy) == 2  # the release's Redis clients and the KEDA operator
+
+
+def test_keda_on_prometheus_scales_on_the_gateways_queue_load(helm: str, tmp_path: Path) -> None:
+    values = tmp_path / "prometheus.yaml"
+    values.write_text(
+        "keda: {prometheus: {serverAddress: 'http://prometheus.monitoring:9090'},"
+        " diffusion: {targetLoad: 0.75}}\n"
+    )
+    docs = _docs(helm_template(helm, [CHART / "ci" / "keda-values.yaml", values]).stdout)
+    scaled = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "ScaledObject"}
+    assert len(scaled) == 4
+    (trigger,) = scaled[f"{P}-llm-seed-x-edit"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metricType"] == "Value"  # a ratio: the HPA multiplies it by ready pods
+    metadata = trigger["metadata"]
+    assert metadata["serverAddress"] == "http://prometheus.monitoring:9090"
+    assert metadata["query"] == (
+        'max(seedx_queue_load{namespace="seedx", service="demo-seedx-gateway", stage="llm",'
+        ' model="seed-x-edit"})'
+    )  # fleet.QUEUE_LOAD, max over the gateway replicas (each exports the same figure)
+    assert (metadata["threshold"], metadata["activationThreshold"]) == ("1", "0")
+    assert metadata["ignoreNullValues"] == "false"  # an unscraped gateway is not a load of 0
+    (diffusion,) = scaled[f"{P}-diffusion-first-stage"]["triggers"]
+    assert diffusion["metadata"]["threshold"] == "0.75"
+    assert 'stage="diffusion", model="first_stage"' in diffusion["metadata"]["query"]
+    assert not [d for d in docs if d["kind"] == "TriggerAuthentication"]  # no Redis trigger
+
+
+def test_the_charts_capacity_defaults_are_the_workers() -> None:
+    """seedx.workerCapacity (the pending-entries target) repeats two settings defaults."""
+    from workers.diffusion.settings import DiffusionWorkerSettings
+    from workers.llm.worker import LLMWorkerSettings
+
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    llm = LLMWorkerSettings.model_fields["capacity"].default
+    max_batch = DiffusionWorkerSettings.model_fields["max_batch"].default
+    assert f"default {llm} .settings.capacity" in helpers
+    assert f"mul 2 (default {max_batch} .settings.max_batch)" in helpers
+    held = DiffusionWorkerSettings.model_construct(max_batch=3, capacity=None).held_jobs
+    assert held == 6  # held_jobs: 2 x max_batch when capacity is not set
+
+
+@pytest.mark.parametrize("name", ["defaults", "keda", "colocated"])
+def test_every_worker_deployment_has_a_disruption_budget(
+    helm: str, rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    docs = (
+        _docs(helm_template(helm, [CHART / "ci" / "colocated-values.yaml"]).stdout)
+        if name == "colocated"
+        else rendered[name]
+    )
+    deployments = {
+        d["metadata"]["name"]: d["spec"]["selector"]["matchLabels"]
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+    budgets = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PodDisruptionBudget"}
+    assert set(budgets) == set(deployments)  # gateway and every worker Deployment, no other
+    for deployment, selector in deployments.items():
+        assert budgets[deployment]["selector"]["matchLabels"] == selector
+        assert budgets[deployment]["maxUnavailable"] == 1
+        if not deployment.endswith("-gateway"):
+            assert budgets[deployment]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_worker_disruption_budgets_can_be_tuned_or_disabled(helm: str) -> None:
+    sets = [
+        f"apiKeys.keys={{{TEST_KEY}}}",
+        "llm.pdb.enabled=false",
+        "diffusion.pdb.maxUnavailable=0",
+    ]
+    docs = _docs(helm_template(helm, sets=sets).stdout)
+    budgets = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PodDisruptionBudget"}
+    assert set(budgets) == {f"{P}-gateway", f"{P}-diffusion-first-stage"}
+    assert budgets[f"{P}-diffusion-first-stage"]["maxUnavailable"] == 0
+
+
+def _docs(text: str) -> list[dict[str, Any]]:
+    import yaml
+
+    return [d for d in yaml.safe_load_all(text) if d]
 
 
 def test_stream_names_match_the_transport() -> None:
@@ -254,6 +350,19 @@ def test_network_policy_exposes_only_the_gateway(
     assert all(rule.get("from") for rule in workers)  # only the metrics scrapers
     redis_egress = policies[f"{P}-redis-clients"]["egress"]
     assert redis_egress[0]["ports"] == [{"port": 6379, "protocol": "TCP"}]
+
+
+def test_prometheus_still_scrapes_a_gateway_limited_to_some_clients(helm: str) -> None:
+    """With networkPolicy.gatewayFrom set, the scrapers (monitoring.scrapeFrom) are let in to
+    the gateway's http port too: the alerts and seedx_queue_load (KEDA) depend on it."""
+    clients = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+    sets = [f"apiKeys.keys={{{TEST_KEY}}}", "networkPolicy.gatewayFrom[0].namespaceSelector"
+            ".matchLabels.kubernetes\\.io/metadata\\.name=ingress"]  # fmt: skip
+    docs = _docs(helm_template(helm, sets=sets).stdout)
+    (rule,) = find(docs, "NetworkPolicy", f"{P}-gateway")["spec"]["ingress"]
+    scrapers = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    assert rule["from"] == [clients, scrapers]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
 
 
 def test_convert_job_runs_once_before_the_workers(

@@ -334,18 +334,33 @@ def test_keda_scales_each_group_as_a_unit_on_all_its_streams(
 ) -> None:
     scaled = {d["metadata"]["name"]: d["spec"] for d in colocated if d["kind"] == "ScaledObject"}
     assert set(scaled) == {f"{P}-group-g0", f"{P}-group-g1"}
-    streams = {
-        name: [t["metadata"]["stream"] for t in spec["triggers"]] for name, spec in scaled.items()
-    }
-    assert streams == {
-        f"{P}-group-g0": ["seedx:jobs:llm:seed-x-i", "seedx:jobs:diffusion:first_stage"],
-        f"{P}-group-g1": ["seedx:jobs:llm:seed-x-edit", "seedx:jobs:diffusion:second_stage"],
+    # Per stream: its lag against the stage's lagCount, its pending entries against the
+    # capacity of the worker serving it (its merged settings).
+    targets = {
+        name: [
+            (t["metadata"]["stream"], t["metadata"].get("lagCount"),
+             t["metadata"].get("pendingEntriesCount"))
+            for t in spec["triggers"]
+        ]
+        for name, spec in scaled.items()
+    }  # fmt: skip
+    assert targets == {
+        f"{P}-group-g0": [
+            ("seedx:jobs:llm:seed-x-i", "16", None),
+            ("seedx:jobs:llm:seed-x-i", None, "16"),  # capacity: 16 in the group's settings
+            ("seedx:jobs:diffusion:first_stage", "4", None),
+            ("seedx:jobs:diffusion:first_stage", None, "4"),  # held_jobs: 2 x maxBatch 2
+        ],
+        f"{P}-group-g1": [
+            ("seedx:jobs:llm:seed-x-edit", "16", None),
+            ("seedx:jobs:llm:seed-x-edit", None, "32"),
+            ("seedx:jobs:diffusion:second_stage", "4", None),
+            ("seedx:jobs:diffusion:second_stage", None, "4"),
+        ],
     }
     for name, spec in scaled.items():
         assert spec["scaleTargetRef"]["name"] == name
         assert "replicas" not in find(colocated, "Deployment", name)["spec"]  # KEDA owns it
-        lag = [t["metadata"]["lagCount"] for t in spec["triggers"]]
-        assert lag == ["16", "4"]  # keda.llm.lagCount, keda.diffusion.lagCount
         assert spec["minReplicaCount"] == 1
 
 

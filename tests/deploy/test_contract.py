@@ -114,6 +114,8 @@ for stage, items in (("llm", "models"), ("diffusion", "detokenizers")):
 for stage in ("gateway", "llm", "diffusion"):
     for key in ("resources", "probes", "nodeSelector", "tolerations", "affinity", "podAnnotations"):
         STRUCTURAL[(stage, key)] = "pod spec"
+for stage in ("llm", "diffusion"):
+    STRUCTURAL[(stage, "pdb")] = "the PDB of each of the stage's Deployments"
 
 VALUE_FILES = [
     CHART / "values.yaml",

@@ -238,21 +238,71 @@ environment of one process of a colocated group (colocate.py gives it to that pr
 {{- toJson $out -}}
 {{- end -}}
 
-{{/* One redis-streams trigger of a ScaledObject: the lag of `stream` (jobs not yet delivered to
-the `workers` consumer group, XINFO GROUPS lag, Redis 7+) per replica. */}}
-{{- define "seedx.kedaTrigger" -}}
+{{/* Jobs one worker takes at once: its heartbeat's capacity, from its merged `settings` (the
+defaults are LLMWorkerSettings.capacity and DiffusionWorkerSettings.held_jobs = 2 x max_batch;
+tests/deploy/test_chart.py checks them against the classes). */}}
+{{- define "seedx.workerCapacity" -}}
+{{- if eq .stage "llm" -}}
+{{- default 32 .settings.capacity -}}
+{{- else -}}
+{{- default (mul 2 (default 4 .settings.max_batch)) .settings.capacity -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The triggers of one job stream seedx:jobs:<stage>:<model> in a ScaledObject; `settings`: the
+worker's merged settings. KEDA's HPA takes the largest replica count any trigger asks for.
+- keda.prometheus.serverAddress set: one trigger on the gateway's seedx_queue_load (queued +
+  delivered-unacknowledged jobs over the live workers' capacity), a Value target of
+  keda.<stage>.targetLoad: the HPA asks ready pods x load / targetLoad = jobs / (capacity x
+  targetLoad) replicas. ignoreNullValues false: a gateway no longer scraped is an error (KEDA
+  keeps the replicas it has), not a load of 0 that would scale busy workers in.
+- otherwise two redis-streams triggers on Redis itself: the group's lag (jobs not yet delivered)
+  against keda.<stage>.lagCount per replica, and its pending entries (delivered, not yet
+  acknowledged) against the worker's capacity, so a stage whose workers hold pulled jobs keeps
+  the replicas that hold them (lag alone reads 0 while every worker is full). The larger of two
+  counts is at least half their sum: it can under-count, never over-count (docs/deploy.md). */}}
+{{- define "seedx.kedaTriggers" -}}
 {{- $root := .root -}}
+{{- $k := $root.Values.keda -}}
+{{- $scale := index $k .stage -}}
+{{- if $k.prometheus.serverAddress }}
+- type: prometheus
+  metricType: Value
+  metadata:
+    serverAddress: {{ $k.prometheus.serverAddress | quote }}
+    query: {{ printf "max(seedx_queue_load{namespace=%q, service=\"%s-gateway\", stage=%q, model=%q})" $root.Release.Namespace (include "seedx.fullname" $root) .stage .model | quote }}
+    threshold: {{ $scale.targetLoad | toString | quote }}
+    activationThreshold: "0"
+    ignoreNullValues: "false"
+{{- else }}
+{{- $stream := printf "seedx:jobs:%s:%s" .stage .model }}
 - type: redis-streams
   metadata:
-    address: {{ include "seedx.redisAddress" $root | quote }}
-    databaseIndex: {{ if $root.Values.redis.bundled }}"0"{{ else }}{{ $root.Values.redis.external.database | toString | quote }}{{ end }}
-    enableTLS: {{ and (not $root.Values.redis.bundled) $root.Values.redis.external.tls | toString | quote }}
-    stream: {{ .stream | quote }}
-    consumerGroup: workers
-    lagCount: {{ .lagCount | toString | quote }}
+    {{- include "seedx.kedaRedisStream" (dict "root" $root "stream" $stream) | nindent 4 }}
+    lagCount: {{ $scale.lagCount | toString | quote }}
     activationLagCount: "0"
-  {{- if or $root.Values.keda.passwordSecret.name $root.Values.redis.bundled }}
+  {{- include "seedx.kedaRedisAuth" $root }}
+- type: redis-streams
+  metadata:
+    {{- include "seedx.kedaRedisStream" (dict "root" $root "stream" $stream) | nindent 4 }}
+    pendingEntriesCount: {{ include "seedx.workerCapacity" . | quote }}
+  {{- include "seedx.kedaRedisAuth" $root }}
+{{- end }}
+{{- end -}}
+
+{{/* Where a redis-streams trigger reads `stream` of the `workers` consumer group. */}}
+{{- define "seedx.kedaRedisStream" -}}
+{{- $root := .root -}}
+address: {{ include "seedx.redisAddress" $root | quote }}
+databaseIndex: {{ if $root.Values.redis.bundled }}"0"{{ else }}{{ $root.Values.redis.external.database | toString | quote }}{{ end }}
+enableTLS: {{ and (not $root.Values.redis.bundled) $root.Values.redis.external.tls | toString | quote }}
+stream: {{ .stream | quote }}
+consumerGroup: workers
+{{- end -}}
+
+{{- define "seedx.kedaRedisAuth" -}}
+{{- if or .Values.keda.passwordSecret.name .Values.redis.bundled }}
   authenticationRef:
-    name: {{ include "seedx.fullname" $root }}-redis
-  {{- end }}
+    name: {{ include "seedx.fullname" . }}-redis
+{{- end }}
 {{- end -}}
