@@ -27,10 +27,12 @@ from server.chat.router import router as chat_router
 from server.errors import install_error_handlers
 from server.health import router as health_router
 from server.idempotency import IdempotencyMiddleware, IdempotentRuns, RequestRecords
+from server.idempotency.key import IDEMPOTENT_PATHS
 from server.images.router import router as images_router
 from server.limits import BodyLimitMiddleware
 from server.metrics import MetricsMiddleware
 from server.models.router import router as models_router
+from server.openapi import document_idempotency
 from server.playground import mount_playground, playground_paths
 from server.published import is_content_path
 from server.responses.router import router as responses_router
@@ -147,6 +149,8 @@ def _document_security(app: FastAPI) -> None:
                     continue
                 for operation in operations.values():
                     operation["security"] = [{"bearerAuth": []}]
+                if path in IDEMPOTENT_PATHS:
+                    document_idempotency(operations["post"])
             app.openapi_schema = schema
         return app.openapi_schema
 

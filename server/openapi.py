@@ -1,4 +1,5 @@
-"""Bits every router shares: the documented error responses, the image URL base, 499."""
+"""Bits every router shares: the documented error responses, the image URL base, 499, and the
+``Idempotency-Key`` header of the routes that create work."""
 
 from __future__ import annotations
 
@@ -36,6 +37,28 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (504, "Deadline exceeded"),
     )
 }
+
+
+def document_idempotency(operation: dict[str, Any]) -> None:
+    """Add the ``Idempotency-Key`` header and its 422 to an OpenAPI operation (the header is read
+    by a middleware, ``server.idempotency``, so FastAPI does not see it in the signature)."""
+    operation.setdefault("parameters", []).append(
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "Retry with the same key and request to get the first answer without "
+            "starting new jobs (joins it while it runs); per API key, kept idempotency_ttl_s "
+            "after a successful answer. 1-255 visible ASCII characters.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        }
+    )
+    operation.setdefault("responses", {})["422"] = {
+        "description": "The Idempotency-Key was used for a different request",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+        },
+    }
 
 
 def base_url_of(request: Request, settings: GatewaySettings) -> str:
