@@ -9,7 +9,10 @@ id of the last entry it read and resumes from it after a reconnect, so an outage
 
 A subscription never hangs: it ends with the job's terminal event, with ``DeadlineExceeded``
 shortly after the job's deadline, or with ``Unavailable`` when the reader has been cut off from
-Redis for ``reply_outage_s`` (or Redis lost the stream).
+Redis for ``reply_outage_s``. When Redis comes back without the stream's latest entries (a
+failover to a replica that had not received them, a restart without persistence), reading goes
+on from what the stream now holds: the jobs whose events were lost are re-run, by reclaim or by
+:mod:`workers.lost_jobs`, and their replays are deduplicated.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from workers.protocol import (
     Event,
     Failed,
     ImageReady,
+    Job,
     PartialImage,
     Reply,
     TextDelta,
@@ -267,6 +271,10 @@ class Subscription:
         self.job_id = job_id
         self._reader = reader
         self._give_up_at = deadline + grace_s
+        # Set by the transport once the job is enqueued; read by workers.lost_jobs.
+        self.job: Job | None = None
+        self.entry_id: str | None = None
+        self.missing_since: float | None = None
         self._queue: asyncio.Queue[Reply | TransportError] = asyncio.Queue()
         self._attempts: dict[int, _AttemptCursor] = {}
         self._delivered = _Delivered()
@@ -404,6 +412,11 @@ class Subscription:
         """Every event up to and including the terminal one."""
         return [reply async for reply in self]
 
+    @property
+    def finished(self) -> bool:
+        """Whether the terminal event (or an error) has arrived: nothing more is awaited."""
+        return self._closed_for_input
+
     def close(self) -> None:
         """Stop receiving events (idempotent); later events for this job are dropped."""
         self._finish()
@@ -509,6 +522,10 @@ class ReplyReader:
         if self._subs.get(job_id) is sub:
             del self._subs[job_id]
 
+    def subscriptions(self) -> list[Subscription]:
+        """The subscriptions waiting for events now."""
+        return list(self._subs.values())
+
     @property
     def waiting(self) -> int:
         """Subscriptions currently waiting for events."""
@@ -587,23 +604,29 @@ class ReplyReader:
         return last
 
     async def _recover(self) -> None:
-        """After reconnecting: detect that Redis lost the stream (a restart without persistence).
+        """After reconnecting: notice that Redis lost the stream's latest entries (a failover to
+        a replica that lagged, a restart without persistence) and read on from its end then.
 
         The reader trims only entries before the last one it read, so that entry must still
-        exist; if it does not, events of in-flight jobs are gone and their waiters are told so.
+        exist; if it does not, Redis holds an earlier state of the stream (every entry up to its
+        latest one before ``last_id`` was read already) and maybe entries appended since it came
+        back, which may already be there: reading resumes after that latest earlier entry, not
+        at the stream's end. Waiters are not ended: their jobs are re-run (reclaimed, or
+        enqueued again by :mod:`workers.lost_jobs`) and answer again, deduplicated by the
+        subscriptions.
         """
         lost = self._last_id != b"0-0" and not await self._redis.xrange(
             self.stream, min=self._last_id, max=self._last_id, count=1
         )
+        if lost:
+            earlier = await self._redis.xrevrange(self.stream, max=self._last_id, min="-", count=1)
+            self._last_id = earlier[0][0] if earlier else b"0-0"
         now = time.monotonic()
         began = self._down_since if self._down_since is not None else now
         logger.info("reply reader reconnected after %.1fs (stream lost: %s)", now - began, lost)
         self._last_outage = (began, now)
         self._down_since = None
         self._outage_reported = False
-        if lost:
-            self._last_id = b"0-0"
-            self._abort_all("the job store lost in-flight state; retry the request")
 
     def _on_disconnect(self, exc: BaseException) -> None:
         now = time.monotonic()

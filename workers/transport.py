@@ -20,6 +20,7 @@ side (nor register its metrics). The parts (:class:`JobQueue`, :class:`ReplyRead
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -27,9 +28,10 @@ import socket
 from redis.asyncio import Redis
 
 from workers.blobs import BlobStore
-from workers.connection import create_redis, unavailable_on_disconnect
+from workers.connection import create_redis, stop_task, unavailable_on_disconnect
 from workers.errors import DuplicateJob
 from workers.heartbeat import WorkerRegistry
+from workers.lost_jobs import LostJobWatch
 from workers.protocol import Job, new_id
 from workers.queue import EnqueueResult, JobQueue, QueueStats
 from workers.replies import ReplyReader, Subscription
@@ -73,6 +75,8 @@ class Transport:
         self.blobs = BlobStore(redis, settings)
         self.workers = WorkerRegistry(redis, settings)
         self.reader = ReplyReader(redis, settings, replica_id or default_replica_id())
+        self._lost_jobs = LostJobWatch(redis, self.queue, self.reader, settings)
+        self._lost_jobs_task: asyncio.Task[None] | None = None
         self._owns_redis = owns_redis
 
     @classmethod
@@ -88,11 +92,16 @@ class Transport:
         return self.reader.stream
 
     async def start(self) -> None:
-        """Start the reply reader (call once, before submitting)."""
+        """Start the reply reader and the lost-job watch (call once, before submitting)."""
         await self.reader.start()
+        self._lost_jobs_task = asyncio.create_task(self._lost_jobs.run(), name="lost-job-watch")
 
     async def close(self) -> None:
         """Stop the reader (waiters get Unavailable) and close the pool if this owns it."""
+        if self._lost_jobs_task is not None:
+            self._lost_jobs.stop()
+            await stop_task(self._lost_jobs_task, self.settings.block_s + 2.0)
+            self._lost_jobs_task = None
         await self.reader.close()
         if self._owns_redis:
             await self.redis.aclose()
@@ -116,6 +125,7 @@ class Transport:
             raise DuplicateJob(
                 f"idempotency key already used by job {result.job_id}", job_id=result.job_id
             )
+        subscription.job, subscription.entry_id = job, result.entry_id  # for the lost-job watch
         return subscription
 
     async def cancel(self, job_id: str) -> None:
