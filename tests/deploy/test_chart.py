@@ -3,6 +3,7 @@ Kubernetes schemas; the wiring details the issue asks for are present."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,44 @@ def test_monitoring_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
     dashboard = find(docs, "ConfigMap", f"{P}-dashboard")
     panels = json.loads(dashboard["data"]["seedx.json"])["panels"]
     assert len([p for p in panels if p["type"] == "timeseries"]) >= 12
+    # Queue load and Redis full (issue 24): alerts and panels on what the processes export.
+    new_alerts = {"SeedxQueueLoadHigh", "SeedxRedisFull", "SeedxRedisFullRefusals"}
+    assert new_alerts <= alerts
+    by_title = {p["title"]: p for p in panels}
+    new_panels = ["Queue load by stage and model", "Queued and running jobs", "Redis full refusals"]
+    exprs = [r["expr"] for r in rules if r["alert"] in new_alerts]
+    exprs += [t["expr"] for title in new_panels for t in by_title[title]["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bseedx_\w+", expr)}
+    assert {"seedx_queue_load", "seedx_fleet_jobs", "seedx_gateway_redis_full",
+            "seedx_redis_full_refusals_total"} <= used  # fmt: skip
+    assert used <= _exported_metric_names()
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    _assert_no_overlap([p["gridPos"] for p in panels])
+
+
+def _exported_metric_names() -> set[str]:
+    """Sample names the gateway and the workers' shared modules register."""
+    import importlib
+
+    from prometheus_client import REGISTRY
+
+    for module in ("server.fleet", "server.metrics", "workers.connection", "workers.metrics"):
+        importlib.import_module(module)  # registers its collectors
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+    return names
+
+
+def _assert_no_overlap(boxes: list[dict[str, int]]) -> None:
+    cells: set[tuple[int, int]] = set()
+    for box in boxes:
+        mine = {(box["x"] + i, box["y"] + j) for i in range(box["w"]) for j in range(box["h"])}
+        assert not cells & mine, f"dashboard panel at {box} overlaps another"
+        cells |= mine
 
 
 def test_network_policy_exposes_only_the_gateway(
