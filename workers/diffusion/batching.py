@@ -13,6 +13,12 @@ companions, or when that job is starving. Among ready groups:
 So an odd job at the head of the queue does not hold back the compatible jobs behind it
 (vLLM-Omni's first-in-first-out batching does, issue 5), and is itself served within the
 starvation bound. Inside a group, jobs are taken by priority, then arrival.
+
+Step-level batching (issue 25): while a batch runs, :meth:`BatchQueue.take` lets waiting jobs
+of its group *join* it at the next step boundary (no gather window: joining costs nothing),
+up to the batch limits. It stops taking them once another group is starving or a ready group
+has a higher priority, so the running batch drains and the policy above picks that group next:
+the starvation bound becomes ``starvation_s`` plus one generation, as with batch-level batching.
 """
 
 from __future__ import annotations
@@ -126,6 +132,25 @@ class BatchQueue(Generic[T]):
         best = min(candidates, key=_Candidate.rank)
         group = sorted(self._groups[best.key], key=lambda e: (-e.priority, e.arrived))
         chosen = [entry.item for entry in group[: best.fill]]
+        for item in chosen:
+            self.remove(item)
+        return chosen
+
+    def take(self, key: Hashable, running: int, now: float) -> list[T]:
+        """Removes and returns the jobs of group ``key`` that join a running batch of ``running``
+        jobs at its next step (module docstring); empty when none may."""
+        group = self._groups.get(key)
+        if not group:
+            return []
+        room = self.policy.limit(group[0].pixels) - running
+        if room <= 0:
+            return []
+        ordered = sorted(group, key=lambda e: (-e.priority, e.arrived))
+        for other_key, other in self._groups.items():
+            candidate = None if other_key == key else self._candidate(other_key, other, now)
+            if candidate and (candidate.starved or candidate.priority > ordered[0].priority):
+                return []
+        chosen = [entry.item for entry in ordered[:room]]
         for item in chosen:
             self.remove(item)
         return chosen

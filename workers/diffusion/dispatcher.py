@@ -7,6 +7,12 @@ loop stays free for heartbeats, lease renewals, cancellation polls and blob I/O 
 works (``workers.worker`` requires handlers not to block it), and batches never overlap on the
 device.
 
+Step-level batching (the default, issue 25): the runner calls back at every step boundary, from
+the device thread, to take waiting jobs of its group into the running batch
+(:meth:`BatchQueue.take`); the queue is shared with the event loop under a lock, and its
+operations are short bookkeeping. Batch-level batching (``step_level=False``) gives the runner
+no such callback: a job arriving while a batch runs waits for the whole batch.
+
 A job whose deadline passed while it waited is answered ``deadline_exceeded`` when its batch
 forms, without touching the device. :meth:`~BatchDispatcher.withdraw` (the handler's ``finally``)
 takes a waiting job out of the queue, or flags a running one so the runner drops it from its
@@ -17,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Protocol
@@ -42,8 +50,8 @@ class DeadlinePassed(DiffusionError):
 class Runner(Protocol):
     """What the dispatcher runs batches with (``BatchRunner``, or a fake in tests)."""
 
-    def run(self, items: Sequence[Ticket]) -> None:
-        """Runs one batch to the end, blocking; never raises."""
+    def run(self, items: Sequence[Ticket], admit: Callable[[int], Sequence[Ticket]] | None) -> None:
+        """Runs one batch to the end, blocking, taking joiners from ``admit``; never raises."""
 
 
 class Ticket:
@@ -56,6 +64,7 @@ class Ticket:
     def __init__(self, request: DiffusionRequest, loop: asyncio.AbstractEventLoop) -> None:
         self.request = request
         self.submitted = time.monotonic()
+        self.started: float | None = None  # monotonic, when it joined a batch
         self._loop = loop
         self._outputs: asyncio.Queue[Output] = asyncio.Queue()
         self._stopped = False
@@ -100,11 +109,14 @@ class BatchDispatcher:
         runner: Runner,
         policy: BatchPolicy,
         *,
+        step_level: bool = True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._runner = runner
         self._queue: BatchQueue[Ticket] = BatchQueue(policy)
+        self._lock = threading.Lock()  # the queue, shared with the device thread's admissions
+        self.step_level = step_level
         self._clock = clock
         self._wall_clock = wall_clock
         self._wake = asyncio.Event()
@@ -125,9 +137,11 @@ class BatchDispatcher:
 
     async def close(self) -> None:
         """Stops batching: waiting jobs are stopped, the running batch finishes or drains."""
-        for ticket in self._queue.items():
+        with self._lock:
+            waiting = self._queue.items()
+        for ticket in waiting:
             self.withdraw(ticket)
-        for ticket in self.running:
+        for ticket in list(self.running):
             ticket._stopped = True
         if self._task is not None:
             self._task.cancel()
@@ -151,33 +165,36 @@ class BatchDispatcher:
     def submit(self, request: DiffusionRequest) -> Ticket:
         """Queues ``request`` for batching; read its outputs from the returned ticket."""
         ticket = Ticket(request, asyncio.get_running_loop())
-        self._queue.add(
-            ticket,
-            request.key,
-            priority=request.priority,
-            pixels=request.pixels,
-            now=self._clock(),
-        )
-        metrics.WAITING.set(len(self._queue))
+        with self._lock:
+            self._queue.add(
+                ticket,
+                request.key,
+                priority=request.priority,
+                pixels=request.pixels,
+                now=self._clock(),
+            )
+            metrics.WAITING.set(len(self._queue))
         self._wake.set()
         return ticket
 
     def withdraw(self, ticket: Ticket) -> None:
         """Nobody waits for ``ticket`` any more: unqueue it, or drop it from its batch."""
         ticket._stopped = True
-        if self._queue.remove(ticket):
-            metrics.WAITING.set(len(self._queue))
+        with self._lock:
+            if self._queue.remove(ticket):
+                metrics.WAITING.set(len(self._queue))
 
     async def _loop(self) -> None:
         while True:
-            batch = self._queue.next_batch(self._clock())
+            with self._lock:
+                batch = self._queue.next_batch(self._clock())
+                delay = self._queue.ready_in(self._clock()) if batch is None else None
+                metrics.WAITING.set(len(self._queue))
             if batch is None:
-                delay = self._queue.ready_in(self._clock())
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
                 continue
-            metrics.WAITING.set(len(self._queue))
             batch = self._expire(batch)
             if batch:
                 await self._run(batch)
@@ -193,20 +210,37 @@ class BatchDispatcher:
                 live.append(ticket)
         return live
 
-    async def _run(self, batch: list[Ticket]) -> None:
-        now = self._wall_clock()
-        for ticket in batch:
+    def _start(self, tickets: list[Ticket]) -> None:
+        """The tickets join the running batch now."""
+        now, started = self._wall_clock(), self._clock()
+        for ticket in tickets:
+            ticket.started = started
             metrics.QUEUE_WAIT.observe(max(0.0, now - ticket.request.created_at))
-        self.running = batch
+        self.running.extend(tickets)
+
+    def _admit(self, key: Hashable, running: int) -> list[Ticket]:
+        """Called by the runner (device thread) at each step boundary: the joining tickets."""
+        with self._lock:
+            taken = self._queue.take(key, running, self._clock())
+            if taken:
+                metrics.WAITING.set(len(self._queue))
+        live = self._expire(taken)
+        self._start(live)
+        return live
+
+    async def _run(self, batch: list[Ticket]) -> None:
+        self.running = []
+        self._start(batch)
         self.batches += 1
+        admit = functools.partial(self._admit, batch[0].request.key) if self.step_level else None
         loop = asyncio.get_running_loop()
         try:
             # Shielded: on close the thread must finish its batch (stopped jobs drop out at the
             # next step) before the device executor shuts down.
-            await asyncio.shield(loop.run_in_executor(self._device, self._runner.run, batch))
+            await asyncio.shield(loop.run_in_executor(self._device, self._runner.run, batch, admit))
         except Exception:
             logger.exception("batch runner raised")
-            for ticket in batch:
+            for ticket in list(self.running):
                 ticket.emit(Failure(InternalError("internal error in the diffusion worker")))
         finally:
             self.running = []

@@ -30,9 +30,25 @@ STEP_SECONDS = Histogram(
     "Wall time of one denoising step of a batch (all its guidance rows in one UNet call).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
 )
+QUEUE_WAIT_STEPS = Histogram(
+    "seedx_diffusion_queue_wait_steps",
+    "Time from the worker taking a job to it joining a batch, in step times of the running "
+    "batch (step-level batching: about 1; batch-level: up to a whole generation).",
+    buckets=(0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 50, 100, 200),
+)
+UNET_ROWS = Histogram(
+    "seedx_diffusion_unet_rows",
+    "Rows (guidance branches of all running jobs) per UNet call.",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192),
+)
+JOINS = Histogram(
+    "seedx_diffusion_batch_joins",
+    "Jobs that joined a batch after its first step (step-level batching), per batch.",
+    buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 BATCH_SIZE = Histogram(
     "seedx_diffusion_batch_size",
-    "Images in a batch when its sampling starts.",
+    "Images in a batch when its sampling starts (jobs joining later: batch_joins).",
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
 )
 BATCH_SECONDS = Histogram(

@@ -1,16 +1,24 @@
 """Runs one batch on the de-tokenizer, blocking (the dispatcher calls it in its device thread).
 
-For a batch of compatible requests: each job is prepared alone (resampler, condition latents,
-ViT features), so one bad job fails by itself; the survivors sample in one UNet batch through
-``DetokenizerPipeline.sample_batch``, which is the engine's own loop, so a job's image equals
-the reference pipeline's for the same seed. After every step the runner drops jobs whose item
-reports ``stopped`` (cancelled, expired, reclaimed: they stop costing UNet work at the next
-step) and sends previews at the requested steps. Final latents are VAE-decoded in chunks.
+The batch is an ``engine.step_batch.StepBatch`` (the engine's own loop, so a job's image equals
+the reference pipeline's for the same seed). Each job is prepared alone (resampler, condition
+latents, ViT features), so one bad job fails by itself, and joins the batch. After every step:
 
-Out of memory: a batch that does not fit is split in half and each half retried (recursively),
-so one large batch degrades to smaller ones instead of failing every job; a single job that
-still does not fit fails with ``out_of_memory``. A decode that does not fit falls back to one
-image at a time, then to tiled decoding. Previews already sent are not repeated by a retry.
+* jobs whose item reports ``stopped`` (cancelled, expired, reclaimed) leave at once;
+* previews go out at the requested steps (each job at its own step);
+* jobs past their last step leave, and wait for the VAE;
+* with step-level batching (``admit`` given, issue 25) compatible waiting jobs *join*: a job
+  arriving while a batch runs waits one step, not the whole batch;
+* at most ``decode_batch`` finished images are decoded, so decoding never stalls the others'
+  denoising for more than one decode call.
+
+The batch runs until no job is left in it or waiting for its decode; with ``admit`` absent
+(batch-level batching, kept for comparison) no job joins, which is the old per-batch policy.
+
+Out of memory in a step: the step is retried in UNet calls of half as many rows (whole jobs
+each), then halves again; a job that does not fit even alone fails with ``out_of_memory`` and
+the others go on. A decode that does not fit falls back to one image at a time, then to tiled
+decoding.
 
 Every item that is not stopped gets exactly one terminal output: ``Finished`` or ``Failure``.
 """
@@ -19,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +37,8 @@ from PIL import Image
 from engine.image_output import latents_to_preview
 from engine.pipeline_inputs import EditJob, GenerateJob
 from engine.pipelines import DetokenizerPipeline
-from engine.sampling import BatchStepCallback, ParameterError, SamplingJob, SamplingOptions
+from engine.sampling import ParameterError, SamplingJob, SamplingOptions
+from engine.step_batch import StepBatch, StepReport
 from workers.diffusion import metrics
 from workers.diffusion.acceleration import free_device_memory, set_vae_tiling
 from workers.diffusion.errors import BadRequest, DiffusionError, InternalError, OutOfMemory
@@ -82,8 +91,16 @@ class BatchItem(Protocol):
     def stopped(self) -> bool:
         """True once nobody waits for this job's result."""
 
+    @property
+    def submitted(self) -> float:
+        """``time.monotonic()`` when the job was queued (for its queue wait in steps)."""
+
     def emit(self, output: Output) -> None:
         """Hand an output to whoever waits for the job (thread-safe)."""
+
+
+# admit(running jobs) -> waiting jobs that join the batch now (taken off the queue).
+Admit = Callable[[int], Sequence["BatchItem"]]
 
 
 class BatchRunner:
@@ -95,21 +112,19 @@ class BatchRunner:
         self.pipeline = pipeline
         self.decode_batch = decode_batch
         self.vae_tiling_min_side = vae_tiling_min_side
+        self.step_seconds: float | None = None  # the last step's wall time (queue wait in steps)
 
-    def run(self, items: Sequence[BatchItem]) -> None:
-        """Runs one batch of requests sharing a ``BatchKey``; never raises."""
+    def run(self, items: Sequence[BatchItem], admit: Admit | None = None) -> None:
+        """Runs one batch of requests sharing a ``BatchKey`` to its end; never raises."""
         started = time.perf_counter()
-        live = [item for item in items if not item.stopped]
-        if not live:
+        members = [item for item in items if not item.stopped]
+        if not members:
             return
-        options = live[0].request.options
         try:
-            prepared = self._prepare(live, options)
-            if prepared:
-                self._sample(prepared, options, sent={})
+            self._run(members, members[0].request.options, admit)
         except Exception:
             logger.exception("batch failed")
-            for item in live:
+            for item in members:  # an item already answered ignores this (Ticket.emit)
                 item.emit(Failure(InternalError("internal error in the diffusion worker")))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
@@ -123,6 +138,36 @@ class BatchRunner:
         options = SamplingOptions(64, 64, 1)
         self.pipeline.decode(self.pipeline.sample_batch([job], options).latents)
 
+    def _run(self, members: list[BatchItem], options: SamplingOptions, admit: Admit | None) -> None:
+        """The step loop of the module docstring; ``members`` grows with every join."""
+        batch: StepBatch[BatchItem] = self.pipeline.step_batch(options)
+        self._join(batch, members, options)
+        metrics.BATCH_SIZE.observe(len(batch))
+        decodes: list[tuple[BatchItem, torch.Tensor]] = []
+        max_rows: int | None = None
+        joins = 0
+        while len(batch) or decodes:
+            if len(batch):
+                last = time.perf_counter()
+                try:
+                    report = batch.step(max_rows)
+                except torch.OutOfMemoryError:
+                    max_rows = self._out_of_memory(batch, max_rows)
+                    continue
+                self.step_seconds = time.perf_counter() - last
+                metrics.STEP_SECONDS.observe(self.step_seconds)
+                metrics.UNET_ROWS.observe(batch.rows)
+                self._after_step(batch, report)
+                decodes.extend(batch.pop_finished())
+            if admit is not None:
+                joining = [item for item in admit(len(batch)) if not item.stopped]
+                members.extend(joining)
+                joins += len(joining)
+                self._join(batch, joining, options)
+            chunk, decodes = decodes[: self.decode_batch], decodes[self.decode_batch :]
+            self._decode(chunk, options)
+        metrics.JOINS.observe(joins)
+
     # --- preparation ---------------------------------------------------------------------------
     def _prepare_one(self, request: DiffusionRequest, options: SamplingOptions) -> SamplingJob:
         job = request.engine_job
@@ -132,107 +177,83 @@ class BatchRunner:
             return self.pipeline.prepare_edit([job], options)[0]
         return self.pipeline.prepare_reconstruct([job], options)[0]
 
-    def _prepare(
-        self, items: Sequence[BatchItem], options: SamplingOptions
-    ) -> list[tuple[BatchItem, SamplingJob]]:
-        prepared = []
+    def _join(
+        self, batch: StepBatch[BatchItem], items: Sequence[BatchItem], options: SamplingOptions
+    ) -> None:
+        """Prepares each item alone and adds it to ``batch``; a failure answers only its item."""
+        now = time.monotonic()
         for item in items:
             request = item.request
             try:
                 with bind_job(request.job_id, request.trace_id):  # this thread has no job context
-                    prepared.append((item, self._prepare_one(request, options)))
+                    batch.join([(item, self._prepare_one(request, options))])
             except ParameterError as exc:
                 param = _WIRE_PARAMS.get(exc.param, exc.param)
                 item.emit(Failure(BadRequest(str(exc), param)))
+                continue
             except torch.OutOfMemoryError:
                 free_device_memory(self.pipeline.device)
                 item.emit(Failure(OutOfMemory("out of memory preparing the job", "size")))
+                continue
             except Exception:
                 with bind_job(request.job_id, request.trace_id):
                     logger.exception("preparing the job failed")
                 item.emit(Failure(InternalError("internal error preparing the job")))
-        return prepared
+                continue
+            if self.step_seconds:
+                metrics.QUEUE_WAIT_STEPS.observe((now - item.submitted) / self.step_seconds)
 
     # --- sampling ------------------------------------------------------------------------------
-    def _sample(
-        self,
-        prepared: list[tuple[BatchItem, SamplingJob]],
-        options: SamplingOptions,
-        sent: dict[int, int],
-    ) -> None:
-        prepared = [(item, job) for item, job in prepared if not item.stopped]
-        if not prepared:
-            return
-        metrics.BATCH_SIZE.observe(len(prepared))
-        items = [item for item, _ in prepared]
-        try:
-            result = self.pipeline.sample_batch(
-                [job for _, job in prepared], options, self._on_step(items, sent)
-            )
-        except torch.OutOfMemoryError:
-            free_device_memory(self.pipeline.device)
-            if len(prepared) == 1:
-                logger.warning("job does not fit in device memory even alone")
-                items[0].emit(Failure(OutOfMemory("the image does not fit in memory", "size")))
-                return
-            metrics.OOM_SPLITS.inc()
-            half = len(prepared) // 2
-            logger.warning("out of memory at batch %d; retrying as %d + %d",
-                           len(prepared), half, len(prepared) - half)  # fmt: skip
-            self._sample(prepared[:half], options, sent)
-            self._sample(prepared[half:], options, sent)
-            return
-        finished = [items[j] for j in result.job_indices]
-        self._decode(finished, result.latents, options)
+    def _out_of_memory(self, batch: StepBatch[BatchItem], max_rows: int | None) -> int:
+        """The row bound to retry the step with; fails the newest job once one job is too many."""
+        free_device_memory(self.pipeline.device)
+        if max_rows is not None and max_rows <= 1:
+            newest = batch.tags[-1]
+            logger.warning("job does not fit in device memory even alone")
+            newest.emit(Failure(OutOfMemory("the image does not fit in memory", "size")))
+            batch.drop({newest})
+            return 1
+        metrics.OOM_SPLITS.inc()
+        rows = batch.rows if max_rows is None else max_rows
+        logger.warning("out of memory at %d UNet rows; retrying with %d", rows, rows // 2)
+        return max(1, rows // 2)
 
-    def _on_step(self, items: list[BatchItem], sent: dict[int, int]) -> BatchStepCallback:
-        """Step timing, drops of stopped jobs, previews (``sent``: previews sent per item)."""
-        last = time.perf_counter()
-
-        def on_step(
-            step: int, total: int, latents: torch.Tensor, active: tuple[int, ...]
-        ) -> set[int]:
-            nonlocal last
-            now = time.perf_counter()
-            metrics.STEP_SECONDS.observe(now - last)
-            last = now
-            drop = set()
-            for row, index in enumerate(active):
-                item = items[index]
-                if item.stopped:
-                    drop.add(index)
-                    continue
-                steps = item.request.preview_steps
-                if step in steps and steps.index(step) >= sent.get(id(item), 0):
-                    preview = latents_to_preview(latents[row : row + 1])[0]
-                    item.emit(Preview(steps.index(step), preview))
-                    sent[id(item)] = steps.index(step) + 1
-            if drop:
-                metrics.DROPPED.inc(len(drop))
-                logger.info("dropping %d stopped jobs after step %d", len(drop), step)
-            return drop
-
-        return on_step
+    def _after_step(self, batch: StepBatch[BatchItem], report: StepReport[BatchItem]) -> None:
+        """Drops stopped jobs and sends the previews due at each job's step."""
+        drop = set()
+        for row, (item, step) in enumerate(zip(report.tags, report.steps, strict=True)):
+            if item.stopped:
+                drop.add(item)
+                continue
+            steps = item.request.preview_steps
+            if step in steps:
+                preview = latents_to_preview(report.latents[row : row + 1])[0]
+                item.emit(Preview(steps.index(step), preview))
+        if drop:
+            metrics.DROPPED.inc(len(drop))
+            logger.info("dropping %d stopped jobs", len(drop))
+            batch.drop(drop)
 
     # --- decoding ------------------------------------------------------------------------------
     def _decode(
-        self, items: list[BatchItem], latents: torch.Tensor, options: SamplingOptions
+        self, finished: list[tuple[BatchItem, torch.Tensor]], options: SamplingOptions
     ) -> None:
-        keep = [i for i, item in enumerate(items) if not item.stopped]
+        """One decode call (at most ``decode_batch`` images) for the jobs still waited for."""
+        finished = [(item, latent) for item, latent in finished if not item.stopped]
+        if not finished:
+            return
         set_vae_tiling(self.pipeline.vae, options.height, options.width, self.vae_tiling_min_side)
-        for start in range(0, len(keep), self.decode_batch):
-            chunk = keep[start : start + self.decode_batch]
-            try:
-                images = self._decode_chunk(latents[chunk])
-            except torch.OutOfMemoryError:
-                free_device_memory(self.pipeline.device)
-                for i in chunk:
-                    items[i].emit(Failure(OutOfMemory("the image does not fit in memory", "size")))
-                continue
-            for i, image in zip(chunk, images, strict=True):
-                items[i].emit(Finished(image))
-                metrics.IMAGES.inc()
-                metrics.MEGAPIXELS.inc(options.height * options.width / 1e6)
+        try:
+            images = self._decode_chunk(torch.cat([latent for _, latent in finished]))
+        except torch.OutOfMemoryError:
+            free_device_memory(self.pipeline.device)
+            for item, _ in finished:
+                item.emit(Failure(OutOfMemory("the image does not fit in memory", "size")))
+            return
+        for (item, _), image in zip(finished, images, strict=True):
+            item.emit(Finished(image))
+            metrics.IMAGES.inc()
+            metrics.MEGAPIXELS.inc(options.height * options.width / 1e6)
 
     def _decode_chunk(self, latents: torch.Tensor) -> list[Image.Image]:
         try:

@@ -73,6 +73,11 @@ class DiffusionWorkerSettings(BaseSettings):
     warmup: bool = Field(default=True, description="Run one tiny sampling pass at startup.")
 
     # --- batching --------------------------------------------------------------------------------
+    batching: Literal["step", "batch"] = Field(
+        default="step",
+        description="step: a waiting job joins the running batch at its next denoising step; "
+        "batch: it waits for the whole batch to finish (the older policy, for comparison).",
+    )
     max_batch: int = Field(default=4, ge=1, le=64, description="Images per UNet batch, at most.")
     max_batch_pixels: int = Field(
         default=8 * 1024 * 1024,

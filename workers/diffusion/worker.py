@@ -103,7 +103,8 @@ async def diffusion_service(
     )
     encoder = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="diffusion-encode")
     try:
-        async with BatchDispatcher(runner, policy) as dispatcher:
+        step_level = settings.batching == "step"
+        async with BatchDispatcher(runner, policy, step_level=step_level) as dispatcher:
             handler = DiffusionJobHandler(dispatcher, request_limits(pipeline, settings), encoder)
             yield DiffusionService(dispatcher, handler)
     finally:

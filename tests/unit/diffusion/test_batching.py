@@ -110,3 +110,31 @@ def test_policy_is_checked() -> None:
     add(q, "a", SMALL, now=0.0)
     with pytest.raises(ValueError, match="already"):
         add(q, "a", SMALL, now=0.0)
+
+
+def test_take_fills_a_running_batch_at_once_up_to_its_limit() -> None:
+    q = queue(max_batch=3, wait_s=1.0)
+    for name, at in (("a", 0.0), ("b", 0.01), ("c", 0.02)):
+        add(q, name, SMALL, now=at)
+    add(q, "odd", LARGE, now=0.0)
+    assert q.take(SMALL, running=1, now=0.03) == ["a", "b"]  # no window: joining is free
+    assert q.take(SMALL, running=3, now=0.03) == []  # full
+    assert q.take(LARGE, running=3, now=0.03) == []  # its limit is 3 images too
+    assert q.take((1, 1), running=0, now=0.03) == []  # nothing of that group waits
+    assert q.items() == ["odd", "c"]
+
+
+def test_take_stops_for_a_starving_or_higher_priority_group() -> None:
+    q = queue(max_batch=4, wait_s=0.1, starvation_s=2.0)
+    add(q, "odd", LARGE, now=0.0)
+    add(q, "a", SMALL, now=0.0)
+    assert q.take(SMALL, running=1, now=1.0) == ["a"]
+    add(q, "b", SMALL, now=1.0)
+    assert q.take(SMALL, running=1, now=2.0) == []  # odd starves: the batch drains
+    assert q.next_batch(2.0) == ["odd"]
+    add(q, "urgent", LARGE, now=2.0, priority=5)
+    assert q.take(SMALL, running=1, now=2.05) == ["b"]  # urgent not ready yet (window)
+    add(q, "c", SMALL, now=2.1)
+    assert q.take(SMALL, running=1, now=2.2) == []  # ready and of higher priority
+    add(q, "d", SMALL, now=2.2, priority=9)
+    assert q.take(SMALL, running=1, now=2.2) == ["d", "c"]

@@ -222,25 +222,26 @@ async def test_head_of_line_incompatible_job_does_not_delay_compatible_ones(
     assert max(done[job.job_id] for job in compatible) < done[odd.job_id]
 
 
-async def test_oom_splits_the_batch_instead_of_failing_it(
+async def test_oom_splits_the_step_instead_of_failing_it(
     service: Service, first_stage: DetokenizerPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, blobs = service
-    real = first_stage.sample_batch
-    sizes: list[int] = []
+    real = first_stage.unet.forward
+    rows: list[int] = []
 
-    def small_memory(jobs: Any, options: Any, on_step: Any = None) -> Any:
-        sizes.append(len(jobs))
-        if len(jobs) > 1:
+    def small_memory(sample: torch.Tensor, timestep: Any, **kwargs: Any) -> Any:
+        rows.append(sample.shape[0])
+        if sample.shape[0] > 2:  # one job (two guidance rows) at a time fits
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(jobs, options, on_step)
+        return real(sample, timestep, **kwargs)
 
-    monkeypatch.setattr(first_stage, "sample_batch", small_memory)
+    monkeypatch.setattr(first_stage.unet, "forward", small_memory)
     splits = metrics.OOM_SPLITS._value.get()
     jobs = [generate_job(await blobs.put_tensor(embedding(i)), seed=i) for i in range(4)]
     results = await run(service, *jobs)
-    assert sizes == [4, 2, 1, 1, 2, 1, 1]
-    assert metrics.OOM_SPLITS._value.get() == splits + 3
+    # 8 rows fail, then 4 fail, then each step runs as four calls of one job's two rows
+    assert rows == [8, 4] + [2] * 8
+    assert metrics.OOM_SPLITS._value.get() == splits + 2
     monkeypatch.undo()
     for i, events in enumerate(results):
         expected = first_stage.generate(embeds(i), seed=i, height=64, width=64,
@@ -256,7 +257,7 @@ async def test_oom_alone_fails_only_that_job(
     def no_memory(*args: Any, **kwargs: Any) -> Any:
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(first_stage, "sample_batch", no_memory)
+    monkeypatch.setattr(first_stage.unet, "forward", no_memory)
     (events,) = await run(service, generate_job(await blobs.put_tensor(embedding(1))))
     (failed,) = events
     assert isinstance(failed, Failed)
