@@ -1,0 +1,98 @@
+"""A Sentinel failover under load, on real servers: nothing accepted is lost.
+
+Debian's ``redis-server`` runs a master, a replica and three sentinels on free ports
+(:class:`seedx.chaos.redis_servers.SentinelSet`, down-after 1 s); the gateway app and real worker
+loops (FAKE handlers, as in ``test_gateway_redis``) reach it by a ``redis+sentinel://`` URL as
+the ACL user of docs/deploy.md. Under steady chat and image load the master is SIGKILLed:
+every request accepted is answered once and correctly (a job whose enqueue the replica never
+got is enqueued again by the gateway's lost-job watch), requests keep being answered within
+10 s of the kill, the only errors are 503 refusals of requests sent during the election, and
+the ACL LOG of the new master stays empty.
+
+Needs Debian's ``redis-server``; skipped without it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from seedx.chaos.backbone import failover_load
+from seedx.chaos.redis_servers import SentinelSet
+from server.app import create_app
+from tests.integration.conftest import fast_queue_settings, fast_redis_settings
+from tests.integration.gateway.test_gateway_redis import (
+    AUTH,
+    CHAT,
+    fake_diffusion,
+    fake_llm,
+    gateway_settings,
+)
+from tests.integration.gateway.test_redis_auth_tls import (
+    ADMIN_PASSWORD,
+    PASSWORD,
+    documented_acl,
+)
+from tests.integration.workers.helpers import running_worker
+from workers.lost_jobs import LOST_JOBS_REENQUEUED
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+
+RECOVERY_BOUND_S = 10.0
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    servers = SentinelSet(
+        tmp_path / "redis",
+        auth=[f"user default on >{ADMIN_PASSWORD} ~* &* +@all", documented_acl()],
+        admin_password=ADMIN_PASSWORD,
+    )
+    try:
+        servers.wait_in_sync()
+        yield servers
+    finally:
+        servers.close()
+
+
+async def test_failover_under_load_loses_nothing(sentinel_set: SentinelSet) -> None:
+    redis_settings = fast_redis_settings(
+        sentinel_set.url("seedx", PASSWORD), client_name="seedx-failover-test"
+    )
+    # reply_outage_s above an election: the reader waits it out rather than ending waiters.
+    queue = fast_queue_settings(reply_outage_s=10.0)
+    app = create_app(gateway_settings(redis_settings, queue, chat_timeout_s=40, image_timeout_s=40))
+    reenqueued = LOST_JOBS_REENQUEUED._value.get()
+    async with (
+        running_worker(redis_settings, queue, fake_llm, model="seed-x-i", capacity=4),
+        running_worker(
+            redis_settings, queue, fake_diffusion, stage="diffusion", model="first_stage"
+        ),
+        app.router.lifespan_context(app),
+    ):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://g", headers=AUTH) as c:
+            figures = await failover_load(
+                c,
+                lambda: sentinel_set.master().kill(),
+                chat=CHAT,
+                image={"prompt": "x", "response_format": "b64_json"},
+            )
+    print(figures, "re-enqueued:", LOST_JOBS_REENQUEUED._value.get() - reenqueued)
+    assert figures["lost"] == 0, figures
+    assert figures["duplicated"] == 0, figures
+    assert figures["answered"] > 0, figures
+    assert figures["recovery_s"] < RECOVERY_BOUND_S, figures
+    assert set(figures["statuses"]["during"]) <= {"200", "503"}, figures
+    assert set(figures["statuses"]["after"]) == {"200"}, figures
+    master = sentinel_set.master()
+    admin = Redis(port=master.port, username="default", password=ADMIN_PASSWORD)
+    try:
+        assert await admin.acl_log() == []
+    finally:
+        await admin.aclose()
