@@ -325,6 +325,14 @@ def build_schema() -> dict[str, Any]:
                         "port": PORT,
                         "database": INT0,
                         "tls": BOOL,
+                        "sentinel": _obj(
+                            {
+                                "enabled": BOOL,
+                                "port": PORT,
+                                "passwordSecret": STR,
+                                "passwordSecretKey": STR,
+                            }
+                        ),
                     }
                 ),
                 "statefulset": _obj(

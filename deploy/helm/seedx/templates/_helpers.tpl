@@ -93,6 +93,15 @@ and null is left out (the class default applies). */}}
     secretKeyRef:
       name: {{ include "seedx.redisSecretName" .root }}
       key: {{ include "seedx.redisSecretKey" .root }}
+{{- with .root.Values.redis.external.sentinel }}
+{{- if and .enabled .passwordSecret (not $.root.Values.redis.bundled) }}
+- name: {{ $.prefix }}REDIS__SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .passwordSecret }}
+      key: {{ .passwordSecretKey }}
+{{- end }}
+{{- end }}
 {{ include "seedx.settingsEnv" (dict "prefix" .prefix "settings" (dict "redis" .root.Values.transport.redis "queue" .root.Values.transport.queue)) }}
 {{- end -}}
 
@@ -121,7 +130,11 @@ url
 {{- if .Values.redis.bundled -}}
 {{- printf "redis://%s:6379/0" (include "seedx.redisHost" .) -}}
 {{- else -}}
-{{- required "redis.bundled=false needs redis.external.url or redis.external.existingSecret" .Values.redis.external.url -}}
+{{- $url := required "redis.bundled=false needs redis.external.url or redis.external.existingSecret" .Values.redis.external.url -}}
+{{- if and .Values.redis.external.sentinel.enabled (not (regexMatch "^rediss?\\+sentinel://" $url)) -}}
+{{- fail "redis.external.sentinel.enabled needs a redis+sentinel://[user:password@]host:port[,host:port...]/<master-set>/<db> URL in redis.external.url" -}}
+{{- end -}}
+{{- $url -}}
 {{- end -}}
 {{- end -}}
 
