@@ -9,6 +9,9 @@
    only ever adds time, and the medians are printed too.
 2. Per-image time of the bare loop (sample + decode) at batch 4 and 8, divided by batch 1.
 
+``--arrivals poisson --load L`` runs the load benchmark instead: batch-level vs step-level
+batching on one seeded arrival trace (``workers.diffusion.load_bench``).
+
 Runs on a fresh tiny de-tokenizer unless ``--model`` names a serving root; Redis is
 ``--redis-url`` or an embedded Valkey. On the tiny checkpoint a step costs milliseconds, so the
 fixed costs (Redis, PNG) weigh far more than at 1024² on a GPU: defaults are sized so the UNet
@@ -52,6 +55,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--redis-url", help="Redis/Valkey URL (default: an embedded Valkey)")
+    parser.add_argument(
+        "--arrivals", choices=["none", "poisson"], default="none",
+        help="poisson: the load benchmark of the two batching policies",
+    )  # fmt: skip
+    parser.add_argument("--load", type=float, default=0.7, help="offered load / capacity")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arrival trace")
     return parser.parse_args(argv)
 
 
@@ -232,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = load_pipeline(settings)
     options = SamplingOptions(args.size, args.size, args.steps)
     embeds = random_embeddings(pipeline, args.jobs)
+    if args.arrivals == "poisson":
+        return load_main(args, settings.model_copy(update={"max_batch": args.max_batch}),
+                         pipeline, embeds, options)  # fmt: skip
     bare_loop(pipeline, embeds[: args.max_batch], options, args.max_batch)  # warm up
     with redis_url(args.redis_url) as (url, redis_label):
         bare_times, worker_times = asyncio.run(
@@ -260,6 +272,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(best of {args.repeats}; ratio of medians {median_ratio:.3f}; bare runs "
           f"{', '.join(f'{t:.3f}' for t in bare_times)}; worker runs "
           f"{', '.join(f'{t:.3f}' for t in worker_times)})")  # fmt: skip
+    return 0
+
+
+def load_main(
+    args: argparse.Namespace,
+    settings: Any,
+    pipeline: DetokenizerPipeline,
+    embeds: list[np.ndarray],
+    options: SamplingOptions,
+) -> int:
+    """``--arrivals poisson``: the load benchmark's table (``workers.diffusion.load_bench``)."""
+    from workers.diffusion.load_bench import report, run_load_bench
+
+    capacity, results = run_load_bench(pipeline, settings, embeds, options, args.load, args.seed)
+    label = "tiny" if args.model is None else args.model
+    print(f"diffusion load bench: {label} on {pipeline.device}/{pipeline.dtype}, "
+          f"{args.size}x{args.size}, {args.steps} steps, {args.jobs} jobs, poisson load "
+          f"{args.load} (seed {args.seed}), max batch {args.max_batch}, "
+          f"{torch.get_num_threads()} torch threads")  # fmt: skip
+    for line in report(capacity, results):
+        print(line)
     return 0
 
 

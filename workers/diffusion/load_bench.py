@@ -1,0 +1,192 @@
+"""``seedx bench diffusion --arrivals poisson --load L``: batch-level vs step-level batching.
+
+One seeded Poisson arrival trace of generate jobs is replayed twice on the same pipeline, the
+same jobs and the same worker parts (``BatchDispatcher`` + ``BatchRunner``, what the worker
+runs; no Redis, whose cost is the same for both and is measured by the plain bench): once with
+``batching=batch`` (a job arriving while a batch denoises waits for all of it) and once with
+``batching=step`` (it joins at the next step). Reported per policy: p50/p99 queue wait (job
+submitted -> joined a batch) in step times, p50/p99 end-to-end latency (submitted -> final
+image decoded), and images/s over the trace.
+
+``L`` is the offered load relative to the worker's capacity, measured first: a full batch
+(``--max-batch`` jobs) sampled and decoded, alone on the device, gives capacity = max_batch /
+that time; arrivals come at rate ``L x capacity``. A *step time* is that full batch's sampling
+time divided by its steps. Issue 25's goals at load 0.7 on the CPU tiny model: step-level p99
+queue wait <= 1.5 step times, images/s not below batch-level, p99 end-to-end >= 1.5x better.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.pipeline_inputs import GenerateJob
+from engine.pipelines import DetokenizerPipeline
+from engine.sampling import SamplingOptions
+from workers.diffusion.batching import BatchPolicy
+from workers.diffusion.dispatcher import BatchDispatcher, Ticket
+from workers.diffusion.requests import DiffusionRequest
+from workers.diffusion.runner import BatchRunner, Failure, Finished
+from workers.diffusion.settings import DiffusionWorkerSettings
+
+POLICIES = ("batch", "step")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The device alone: seconds per denoising step and images/s, at a full batch."""
+
+    step_s: float
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """One policy's replay of the trace (seconds, except ``wait_steps``)."""
+
+    policy: str
+    wait_steps: list[float]
+    latency_s: list[float]
+    images_per_s: float
+
+
+def measure_capacity(
+    pipeline: DetokenizerPipeline, embed: np.ndarray, options: SamplingOptions, max_batch: int
+) -> Capacity:
+    """Best of three full batches (sample, then decode), after one warm-up."""
+    tensor = torch.from_numpy(embed.astype(np.float32))[None]
+    jobs = pipeline.prepare_generate([GenerateJob(tensor, seed=i) for i in range(max_batch)])
+    pipeline.decode(pipeline.sample(jobs, options))
+    sample_s, total_s = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        latents = pipeline.sample(jobs, options)
+        sampled = time.perf_counter()
+        pipeline.decode(latents)
+        sample_s.append(sampled - started)
+        total_s.append(time.perf_counter() - started)
+    return Capacity(min(sample_s) / options.num_inference_steps, max_batch / min(total_s))
+
+
+def poisson_trace(jobs: int, rate: float, seed: int) -> list[float]:
+    """Arrival times (seconds from the start) of ``jobs`` jobs at ``rate`` per second."""
+    rng = random.Random(seed)
+    arrivals, now = [], 0.0
+    for _ in range(jobs):
+        arrivals.append(now)
+        now += rng.expovariate(rate)
+    return arrivals
+
+
+def _request(embed: np.ndarray, seed: int, options: SamplingOptions) -> DiffusionRequest:
+    now = time.time()
+    return DiffusionRequest(
+        job_id=f"bench-{seed}",
+        trace_id=f"bench-{seed}",
+        kind="image.generate",
+        engine_job=GenerateJob(torch.from_numpy(embed.astype(np.float32))[None], seed),
+        options=options,
+        seed=seed,
+        preview_steps=(),
+        output_format="png",
+        quality=None,
+        priority=0,
+        created_at=now,
+        deadline=now + 3600,
+    )
+
+
+async def replay(
+    pipeline: DetokenizerPipeline,
+    settings: DiffusionWorkerSettings,
+    embeds: list[np.ndarray],
+    arrivals: list[float],
+    options: SamplingOptions,
+    capacity: Capacity,
+) -> PolicyResult:
+    """The trace against one policy (``settings.batching``) on the worker's batching parts."""
+    runner = BatchRunner(pipeline, decode_batch=settings.decode_batch)
+    policy = BatchPolicy(settings.max_batch, settings.max_batch_pixels, settings.batch_wait_s,
+                         settings.starvation_s)  # fmt: skip
+    finished: dict[int, float] = {}
+
+    async def one(dispatcher: BatchDispatcher, ticket: Ticket, index: int) -> None:
+        never = asyncio.Event()
+        while True:
+            output = await ticket.next_output(never)
+            if isinstance(output, Failure):
+                raise RuntimeError(f"bench job {index} failed: {output.error}")
+            if isinstance(output, Finished):
+                finished[index] = time.monotonic()
+                return
+
+    tickets: list[Ticket] = []
+    step_level = settings.batching == "step"
+    async with BatchDispatcher(runner, policy, step_level=step_level) as dispatcher:
+        start = time.monotonic()
+        waiters = []
+        for index, (at, embed) in enumerate(zip(arrivals, embeds, strict=True)):
+            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+            ticket = dispatcher.submit(_request(embed, index, options))
+            tickets.append(ticket)
+            waiters.append(asyncio.create_task(one(dispatcher, ticket, index)))
+        await asyncio.gather(*waiters)
+    waits = [((t.started or 0.0) - t.submitted) / capacity.step_s for t in tickets]
+    latency = [finished[i] - t.submitted for i, t in enumerate(tickets)]
+    span = max(finished.values()) - min(t.submitted for t in tickets)
+    return PolicyResult(settings.batching, waits, latency, len(tickets) / span)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run_load_bench(
+    pipeline: DetokenizerPipeline,
+    settings: DiffusionWorkerSettings,
+    embeds: list[np.ndarray],
+    options: SamplingOptions,
+    load: float,
+    seed: int,
+) -> tuple[Capacity, list[PolicyResult]]:
+    """Capacity, then the same trace against each policy of :data:`POLICIES`."""
+    capacity = measure_capacity(pipeline, embeds[0], options, settings.max_batch)
+    arrivals = poisson_trace(len(embeds), load * capacity.images_per_s, seed)
+    results = []
+    for name in POLICIES:
+        policy_settings = settings.model_copy(update={"batching": name})
+        results.append(
+            asyncio.run(replay(pipeline, policy_settings, embeds, arrivals, options, capacity))
+        )
+    return capacity, results
+
+
+def report(capacity: Capacity, results: list[PolicyResult]) -> list[str]:
+    """The table of the module docstring, and the ratios the goals are about."""
+    lines = [
+        f"capacity {capacity.images_per_s:.2f} images/s at a full batch; "
+        f"step time {capacity.step_s * 1000:.1f} ms",
+        f"{'policy':<8}{'wait p50':>10}{'wait p99':>10}{'e2e p50 s':>11}{'e2e p99 s':>11}"
+        f"{'images/s':>10}",
+    ]
+    for r in results:
+        waits = (percentile(r.wait_steps, 50), percentile(r.wait_steps, 99))
+        latency = (percentile(r.latency_s, 50), percentile(r.latency_s, 99))
+        lines.append(
+            f"{r.policy:<8}{waits[0]:>10.2f}{waits[1]:>10.2f}{latency[0]:>11.3f}"
+            f"{latency[1]:>11.3f}{r.images_per_s:>10.2f}"
+        )
+    by = {r.policy: r for r in results}
+    batch, step = by["batch"], by["step"]
+    better = percentile(batch.latency_s, 99) / percentile(step.latency_s, 99)
+    lines.append(
+        f"step vs batch: p99 e2e {better:.2f}x better (goal >= 1.5), images/s ratio "
+        f"{step.images_per_s / batch.images_per_s:.2f} (goal >= 1), step p99 queue wait "
+        f"{percentile(step.wait_steps, 99):.2f} step times (goal <= 1.5)"
+    )
+    return lines
