@@ -27,6 +27,7 @@ from tests.redis_server import redis_url_for_tests
 from tests.tools import missing_tool
 
 KEY = "e2e-key-0123456789"
+OTHER_KEY = "e2e-key-other-tenant"  # a second tenant (tests/e2e/test_idempotency.py)
 STARTUP_S = 600.0
 
 
@@ -84,7 +85,7 @@ def stack(
     port = _free_port()
     env = {
         **os.environ,
-        "SEEDX_GATEWAY_API_KEYS": f'["{KEY}"]',
+        "SEEDX_GATEWAY_API_KEYS": f'["{KEY}", "{OTHER_KEY}"]',
         "SEEDX_GATEWAY_BOUNDS__DEFAULT_SIZE": "64x64",
         "SEEDX_GATEWAY_BOUNDS__DEFAULT_STEPS": "2",
         "SEEDX_GATEWAY_BOUNDS__IMAGE_MAX_TOKENS": "100",
