@@ -51,11 +51,13 @@ HANG_GUARD_S = 60.0
 
 
 class Counted:
-    """Fake handlers that record the id of every job they run."""
+    """Fake handlers that record the id of every job they run. A "slow" chat writes its first
+    word, then waits for ``release`` (so a test decides when the first request ends)."""
 
     def __init__(self) -> None:
         self.llm: list[str] = []
         self.diffusion: list[str] = []
+        self.release = asyncio.Event()
 
     async def run_llm(self, job: Job, ctx: JobContext) -> AsyncIterator[Event]:
         assert isinstance(job, ChatJob)
@@ -65,7 +67,10 @@ class Counted:
             if ctx.stopped:
                 return
             yield TextDelta(text=f"w{i} ")
-            await asyncio.sleep(0.05 if slow else 0)
+            while slow and not self.release.is_set():
+                if ctx.stopped:  # cancelled: the answer then lacks its last words
+                    return
+                await asyncio.sleep(0.02)
         if job.allow_image_output:
             embedding = await ctx.blobs.put_tensor(np.zeros((4, 8), np.float16), owner=job.job_id)
             yield EmbeddingReady(embedding=embedding)
@@ -191,12 +196,19 @@ async def test_a_retry_while_the_first_runs_joins_it(
     first = asyncio.create_task(
         client.post("/v1/chat/completions", json=body, headers=headers("k-slow"))
     )
-    while not counted.llm:  # the first request's job is running
-        await asyncio.sleep(0.02)
-    retry = await client.post("/v1/chat/completions", json=body, headers=headers("k-slow"))
-    original = await first
+    async with asyncio.timeout(HANG_GUARD_S):
+        while not counted.llm:  # the first request's job is running (and waits for release)
+            await asyncio.sleep(0.02)
+    retry = asyncio.create_task(
+        client.post("/v1/chat/completions", json=body, headers=headers("k-slow"))
+    )
+    async with asyncio.timeout(HANG_GUARD_S):
+        while grew(before, outcomes("/v1/chat/completions")).get("joined") != 1:
+            await asyncio.sleep(0.02)
+    counted.release.set()
+    original, joined = await first, await retry
     assert original.status_code == 200
-    assert retry.content == original.content
+    assert joined.content == original.content
     assert original.text.count("w59 ") == 1
     assert len(counted.llm) == 1
     assert grew(before, outcomes("/v1/chat/completions")) == {"started": 1, "joined": 1}
@@ -317,7 +329,9 @@ async def test_a_client_that_leaves_does_not_cancel_the_keyed_request(
             "POST", "/v1/chat/completions", json=body, headers=headers("k-leave")
         ) as first:
             async for _ in first.aiter_bytes():
-                break  # the first chunk arrived: the job is running; the client now leaves
+                break  # the first word arrived: the job is running; the client now leaves
+        await asyncio.sleep(0.5)  # time enough for a gateway to notice and cancel (it must not)
+        counted.release.set()
         retry = await http.post("/v1/chat/completions", json=body, headers=headers("k-leave"))
     assert retry.status_code == 200
     assert retry.text.count("w59 ") == 1
