@@ -92,6 +92,18 @@ class IdempotentRuns:
     async def _run(
         self, app: ASGIApp, scope: Scope, body: list[Message], digest: str, record: Record
     ) -> None:
+        keeping = asyncio.get_running_loop().create_task(self._keep_claim(digest, record))
+        try:
+            await self._record_answer(app, scope, body, digest, record)
+        finally:  # cancelled at shutdown too: the claim then lapses after its lease
+            keeping.cancel()
+            self.records.stop_writing(digest, record)
+
+    async def _record_answer(
+        self, app: ASGIApp, scope: Scope, body: list[Message], digest: str, record: Record
+    ) -> None:
+        """Run ``app`` with its answer going to the record's stream, then end the stream and
+        keep the record (a success) or free the key (an error status, or an answer cut short)."""
         records = self.records
         status: int | None = None
         own_id = (b"x-request-id", request_id_of(scope).encode())
@@ -107,7 +119,6 @@ class IdempotentRuns:
             elif message["type"] == "http.response.body" and message.get("body"):
                 await records.append(digest, record, BODY, message["body"])
 
-        keeping = asyncio.get_running_loop().create_task(self._keep_claim(digest, record))
         end = "ok"
         try:
             await app(scope, _replaying(body), send)
@@ -118,8 +129,6 @@ class IdempotentRuns:
                     failed = error_body("internal error", "server_error", "internal_error")
                     await JSONResponse(failed, status_code=500)(scope, _replaying([]), send)
             end = "broken"
-        finally:
-            keeping.cancel()
         if status is None or status >= 400:
             end = "error"
         try:

@@ -14,12 +14,17 @@ again after a lease and a retry runs anew (its followers end with a 503 telling 
 A finished attempt's record and stream live for ``idempotency_ttl_s``; an attempt that answered
 an error status is forgotten at once (its stream stays for one lease, for followers reading it).
 
-Followers wait with ``XREAD BLOCK`` of at most ``queue.block_s`` on the shared pool: only
-requests that carry a key, and only while their answer is being written, hold a connection.
+Followers read the stream with ``XREAD``. Those in the process that writes it (every first
+client, and retries that reach the same replica) wait for its next append on an in-process event,
+holding no connection; only a retry that reached another replica while the answer is still being
+written waits in ``XREAD BLOCK`` (at most ``queue.block_s`` at a time, on the shared pool), and
+checks after each empty wait that the claim is still held.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -95,6 +100,9 @@ class RequestRecords:
         self._renew = redis.register_script(_RENEW_LUA)
         self._keep = redis.register_script(_KEEP_LUA)
         self._drop = redis.register_script(_DROP_LUA)
+        self._written: dict[str, asyncio.Event] = {}
+        """Answer streams this process is writing: their followers here wait on the event
+        instead of a blocking read (no pooled connection held per waiting request)."""
 
     async def claim(self, digest: str, fingerprint: str) -> tuple[Record, bool]:
         """The record of ``digest``, and whether this call created it (then it is to be run)."""
@@ -104,6 +112,7 @@ class RequestRecords:
                 keys.request_record_key(digest), mine.dumps(), nx=True, get=True, px=self._lease_ms
             )
         if found is None:
+            self._written[keys.request_answer_stream(digest, mine.attempt)] = asyncio.Event()
             return mine, True
         return Record.loads(found), False
 
@@ -122,6 +131,21 @@ class RequestRecords:
         pipe.pexpire(stream, self._ttl_ms + self._lease_ms)
         async with unavailable_on_disconnect("recording an answer"):
             await pipe.execute()
+        self._wake_followers(stream)
+
+    def _wake_followers(self, stream: str) -> None:
+        """Wake this process's followers of ``stream`` (each waits on the event it saw last)."""
+        written = self._written.get(stream)
+        if written is not None:
+            written.set()
+            self._written[stream] = asyncio.Event()
+
+    def stop_writing(self, digest: str, record: Record) -> None:
+        """The run of ``record`` in this process is over (ended, or cancelled): its followers
+        here stop waiting for appends from it and read as any other replica does."""
+        written = self._written.pop(keys.request_answer_stream(digest, record.attempt), None)
+        if written is not None:
+            written.set()
 
     async def finish(self, digest: str, record: Record, *, keep: bool) -> None:
         """After the end entry: keep the record (``done``) for the TTL, or free the key."""
@@ -144,17 +168,23 @@ class RequestRecords:
         stream = keys.request_answer_stream(digest, record.attempt)
         last: bytes | str = b"0-0"
         while True:
+            written = self._written.get(stream)  # before the read: no append can slip between
             async with unavailable_on_disconnect("reading a recorded answer"):
+                block = None if written is not None else self._block_ms
                 found = stream_entries(
-                    await self._redis.xread({stream: last}, count=64, block=self._block_ms)
+                    await self._redis.xread({stream: last}, count=64, block=block)
                 )
-                if not found and not await self._names(digest, record):
+                if not found and written is None and not await self._names(digest, record):
                     found = stream_entries(await self._redis.xread({stream: last}, count=64))
                     if not found:
                         raise AttemptLost(
                             "the request this Idempotency-Key names stopped before it finished "
                             "(its gateway went away); retry"
                         )
+            if not found and written is not None:  # written here: wait for the next append
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._block_ms / 1000):
+                        await written.wait()
             for entry_id, fields in found:
                 last = entry_id
                 entry = _entry(fields)

@@ -214,6 +214,40 @@ async def test_a_retry_while_the_first_runs_joins_it(
     assert grew(before, outcomes("/v1/chat/completions")) == {"started": 1, "joined": 1}
 
 
+async def test_a_retry_on_another_gateway_replica_joins_the_first(
+    client: httpx.AsyncClient,
+    counted: Counted,
+    redis_settings: RedisSettings,
+    queue_settings: QueueSettings,
+) -> None:
+    settings = gateway_settings(redis_settings, queue_settings, api_keys=[KEY, OTHER_KEY])
+    replica = create_app(settings)  # its own reply stream and pool: as another pod
+    body = {**SLOW, "stream": True}
+    async with (
+        replica.router.lifespan_context(replica),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=replica), base_url="http://r", timeout=HANG_GUARD_S
+        ) as other,
+    ):
+        first = asyncio.create_task(
+            client.post("/v1/chat/completions", json=body, headers=headers("k-replica"))
+        )
+        async with asyncio.timeout(HANG_GUARD_S):
+            while not counted.llm:
+                await asyncio.sleep(0.02)
+        retry = asyncio.create_task(
+            other.post("/v1/chat/completions", json=body, headers=headers("k-replica"))
+        )
+        await asyncio.sleep(0.5)  # the retry is waiting on Redis for the first one's answer
+        assert not retry.done()
+        counted.release.set()
+        original, joined = await first, await retry
+    assert joined.status_code == 200
+    assert joined.content == original.content
+    assert original.text.count("w59 ") == 1
+    assert len(counted.llm) == 1
+
+
 async def test_a_different_request_with_the_key_is_422_and_another_api_key_is_independent(
     client: httpx.AsyncClient, counted: Counted
 ) -> None:
