@@ -7,6 +7,11 @@ job of the request failed — it cancels those in their workers, so no GPU keeps
 client who left (issue 9, item 4). It also frees the blobs the request and its jobs own
 (input images, visual embeddings, output images) instead of leaving them to their TTL.
 
+Once a request's first job is accepted, its later Redis steps (the next job of a pipeline, reading
+the blobs its jobs produced) wait out a Redis outage (a Sentinel failover's election, a restart)
+for up to ``outage_s`` (the gateway's ``queue.reply_outage_s``, as long as the reply reader waits)
+instead of failing an accepted request with 503; admission itself still refuses at once.
+
 Cancellation and cleanup run in a background task held by the :class:`Dispatcher`, because the
 request's own task may be in the middle of being cancelled; :meth:`Dispatcher.drain` awaits them
 at shutdown.
@@ -19,18 +24,21 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from server.backend import Backend
 from server.errors import error_of_payload
 from server.metrics import JOBS_CANCELLED, QUEUE_WAIT
 from workers import keys
-from workers.errors import TransportError
+from workers.connection import Backoff
+from workers.errors import TransportError, Unavailable
 from workers.protocol import BlobRef, Failed, Job, Reply, Started, new_id
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _CLEANUP_TIMEOUT_S = 10.0
 
@@ -43,8 +51,9 @@ def fresh_seed() -> int:
 class Dispatcher:
     """Opens request scopes and owns their background cleanup."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, outage_s: float = 0.0) -> None:
         self.backend = backend
+        self.outage_s = outage_s
         self._cleanups: set[asyncio.Task[None]] = set()
 
     def scope(
@@ -123,7 +132,23 @@ class RequestScope:
 
     async def read_blob(self, ref: BlobRef) -> bytes:
         """The bytes of a blob a job produced."""
-        return await self._backend.blobs.get(ref)
+        return await self._through_outage(lambda: self._backend.blobs.get(ref))
+
+    async def _through_outage(self, step: Callable[[], Awaitable[_T]]) -> _T:
+        """``step()``; once the request has a job accepted, retried with backoff while Redis is
+        unreachable, for up to the dispatcher's ``outage_s`` and never past the deadline."""
+        if not self._submitted or self._dispatcher.outage_s <= 0:
+            return await step()
+        give_up_at = min(self.deadline, time.time() + self._dispatcher.outage_s)
+        backoff = Backoff(cap_s=1.0)
+        while True:
+            try:
+                return await step()
+            except Unavailable:
+                delay = backoff.next_delay()
+                if time.time() + delay >= give_up_at:
+                    raise
+                await asyncio.sleep(delay)
 
     async def submit(self, job: Job, *, owns_blobs: bool = False) -> AsyncIterator[Reply]:
         """Enqueue ``job`` and iterate its events; a ``Failed`` event is raised as its error.
@@ -131,7 +156,7 @@ class RequestScope:
         ``owns_blobs``: the job may store blobs (embeddings, images) owned by its ``job_id``
         (the LLM worker) or ``request_id`` (the diffusion worker); released with the request.
         """
-        stream = await self._backend.submit(job)
+        stream = await self._through_outage(lambda: self._backend.submit(job))
         self._submitted = True
         self._running[job.job_id] = job.stage
         if owns_blobs:

@@ -33,7 +33,7 @@ class Gateway:
         return cls(
             settings=settings,
             backend=backend,
-            dispatcher=Dispatcher(backend),
+            dispatcher=Dispatcher(backend, settings.queue.reply_outage_s),
             directory=ModelDirectory(
                 backend,
                 settings.admission.directory_ttl_s,

@@ -620,7 +620,7 @@ class ReplyReader:
         )
         if lost:
             earlier = await self._redis.xrevrange(self.stream, max=self._last_id, min="-", count=1)
-            self._last_id = earlier[0][0] if earlier else b"0-0"
+            self._last_id = earlier[0][0] if earlier else b"0-0"  # type: ignore[assignment]
         now = time.monotonic()
         began = self._down_since if self._down_since is not None else now
         logger.info("reply reader reconnected after %.1fs (stream lost: %s)", now - began, lost)

@@ -5,8 +5,10 @@ and TLS, each against real ``redis-server`` processes (:mod:`seedx.chaos.redis_s
 a gateway (the chaos stack's over HTTP, or an app in a test through ASGI), the master SIGKILLed
 after a warm-up, and every request classified by when it was sent and how it ended:
 
-- ``answered``: a 200 with a full answer; ``refused``: a 503 (with ``Retry-After``) sent
-  between the kill and the recovery: the election, when no master takes writes;
+- ``answered``: a 200 with a full answer; ``refused``: a 503 answered between the kill and
+  the recovery: admission refused it during the election, when no master takes writes (a
+  request sent just before the kill may reach admission after it; a request whose first job
+  was accepted waits the election out, :mod:`server.dispatch`, so its 503 would be a loss);
 - ``lost``: anything else: accepted and then not answered (a timeout, a 5xx other than a
   refusal, a 503 outside the election, an answer that is not one full answer);
 - ``duplicated``: a chat answer that differs from the reference (the answer of the same
@@ -107,7 +109,7 @@ def failover_figures(outcomes: list[tuple[str, Outcome]], killed_at: float) -> F
         if _ok(route, outcome):
             if route == "chat" and _content(outcome) != reference:
                 duplicated += 1
-        elif outcome.status == 503 and phase == "during":
+        elif outcome.status == 503 and killed_at <= outcome.ended <= killed_at + recovery_s:
             refused += 1
         else:
             lost.append({"route": route, "status": outcome.status, "phase": phase,

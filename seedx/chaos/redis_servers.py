@@ -9,16 +9,31 @@ with another. Servers are stopped by their own process, never by name.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REDIS_SERVER = shutil.which("redis-server")
+ROOT = Path(__file__).resolve().parents[2]
 READY = "Ready to accept connections"
 SENTINEL_READY = "+monitor master"
+
+
+def documented_acl(password: str) -> str:
+    """The ``user seedx ...`` line of docs/deploy.md (the ACL user the stack needs), with
+    ``password``: tests and the chaos suite run as exactly what the docs tell operators."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("user seedx on >PASSWORD ")]
+    if len(lines) != 1:
+        raise RuntimeError("docs/deploy.md must hold one `user seedx on >PASSWORD ...` line")
+    return lines[0].replace(">PASSWORD", f">{password}")
 
 
 class RedisServerError(RuntimeError):
@@ -51,25 +66,40 @@ class RedisServer:
         self.folder = folder
         self.log_path = folder / "redis.log"
         conf = folder / ("sentinel.conf" if sentinel else "redis.conf")
-        ready = SENTINEL_READY if sentinel else READY
+        self._conf = conf
+        self._sentinel = sentinel
+        self._ready = SENTINEL_READY if sentinel else READY
+        self._start_timeout_s = start_timeout_s
         log = ""
         for _ in range(3):  # a free port can be taken before the server binds it: try another
             self.port = free_port()
             lines = ["bind 127.0.0.1", f"dir {folder}", *config(self.port)]
             conf.write_text("\n".join(lines) + "\n")
-            self._log = self.log_path.open("w")
-            args = [REDIS_SERVER, str(conf), *(["--sentinel"] if sentinel else [])]
-            self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + start_timeout_s
-            while ready not in self.log_path.read_text():
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            else:
+            if self._start():
                 return
             log = self.log_path.read_text()
             self.close()
         raise RedisServerError(f"redis-server did not start in {folder}: {log}")
+
+    def _start(self) -> bool:
+        assert REDIS_SERVER is not None
+        self._log = self.log_path.open("a")
+        offset = self.log_path.stat().st_size
+        args = [REDIS_SERVER, str(self._conf), *(["--sentinel"] if self._sentinel else [])]
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self._start_timeout_s
+        while self._ready not in self.log_path.read_text()[offset:]:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def restart(self) -> None:
+        """Start a stopped server again on its port, with its config file as it is now
+        (Sentinel rewrites it: a former master comes back as a replica)."""
+        self.close()
+        if not self._start():
+            raise RedisServerError(f"redis-server did not restart: {self.log_path.read_text()}")
 
     @property
     def alive(self) -> bool:
@@ -80,6 +110,7 @@ class RedisServer:
         if self.alive:
             self.process.kill()
         self.process.wait()
+        self._log.close()
 
     def close(self) -> None:
         if self.alive:
@@ -92,9 +123,26 @@ class RedisServer:
         self._log.close()
 
 
-def plain_config(*extra: str) -> Callable[[int], list[str]]:
-    """A data server without persistence on the chosen port, plus ``extra`` lines."""
-    return lambda port: [f"port {port}", 'save ""', "appendonly no", *extra]
+def plain_config(*extra: str, tls: Tls | None = None) -> Callable[[int], list[str]]:
+    """A data server without persistence on the chosen port (TLS only, with ``tls``), plus
+    ``extra`` lines."""
+    return lambda port: [*listen(port, tls), 'save ""', "appendonly no", *extra]
+
+
+def listen(port: int, tls: Tls | None) -> list[str]:
+    """The lines that make a server (or sentinel) listen on ``port``: plain, or TLS only with
+    ``tls``'s certificate (replication and sentinel links over TLS too)."""
+    if tls is None:
+        return [f"port {port}"]
+    return [
+        "port 0",
+        f"tls-port {port}",
+        f"tls-cert-file {tls.cert}",
+        f"tls-key-file {tls.key}",
+        f"tls-ca-cert-file {tls.ca}",
+        "tls-auth-clients no",
+        "tls-replication yes",
+    ]
 
 
 class SentinelSet:
@@ -115,19 +163,21 @@ class SentinelSet:
         admin_password: str | None = None,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 3000,
+        tls: Tls | None = None,
     ) -> None:
         self.name = name
+        self.tls = tls
         self.admin_password = admin_password
         login = [f"masterauth {admin_password}", "masteruser default"] if admin_password else []
         self.servers: list[RedisServer] = []
         self.sentinels: list[RedisServer] = []
         try:
-            master = RedisServer(folder / "master", plain_config(*auth, *login))
+            master = RedisServer(folder / "master", plain_config(*auth, *login, tls=tls))
             self.servers.append(master)
             self.servers.append(
                 RedisServer(
                     folder / "replica",
-                    plain_config(*auth, *login, f"replicaof 127.0.0.1 {master.port}"),
+                    plain_config(*auth, *login, f"replicaof 127.0.0.1 {master.port}", tls=tls),
                 )
             )
             watch = [
@@ -145,7 +195,7 @@ class SentinelSet:
                 self.sentinels.append(
                     RedisServer(
                         folder / f"sentinel-{index}",
-                        lambda port: [f"port {port}", *watch],
+                        lambda port: [*listen(port, tls), *watch],
                         sentinel=True,
                     )
                 )
@@ -157,7 +207,26 @@ class SentinelSet:
         """The ``redis+sentinel://`` URL of the set (credentials: the master's)."""
         credentials = f"{user or ''}:{password}@" if password else ""
         hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
-        return f"redis+sentinel://{credentials}{hosts}/{self.name}/{db}"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}+sentinel://{credentials}{hosts}/{self.name}/{db}"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """redis-py arguments to reach one of the set's servers directly (TLS with its CA)."""
+        if self.tls is None:
+            return {}
+        return {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+
+    def admin_url(self) -> str:
+        """A plain URL of the current master as the admin (for tests and observation)."""
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://default:{self.admin_password}@127.0.0.1:{self.master().port}/0"
+
+    def _sentinel_client(self, sentinel: RedisServer) -> Any:
+        import redis
+
+        return redis.Redis(
+            port=sentinel.port, socket_timeout=1.0, decode_responses=True, **self.client_kwargs()
+        )
 
     def master_port(self) -> int | None:
         """The master's port as the first answering sentinel sees it (None: none knows one)."""
@@ -166,7 +235,7 @@ class SentinelSet:
         for sentinel in self.sentinels:
             if not sentinel.alive:
                 continue
-            client = redis.Redis(port=sentinel.port, socket_timeout=1.0, decode_responses=True)
+            client = self._sentinel_client(sentinel)
             try:
                 address = client.sentinel_get_master_addr_by_name(self.name)
             except redis.RedisError:
@@ -197,7 +266,7 @@ class SentinelSet:
     def _sees_replica(self, sentinel: RedisServer) -> bool:
         import redis as redis_py
 
-        client = redis_py.Redis(port=sentinel.port, socket_timeout=1.0, decode_responses=True)
+        client = self._sentinel_client(sentinel)
         try:
             replicas = client.sentinel_slaves(self.name)
             others = client.sentinel_sentinels(self.name)
@@ -208,6 +277,110 @@ class SentinelSet:
         synced = [r for r in replicas if "s_down" not in r.get("flags", "")]
         return bool(synced) and len(others) >= 2
 
+    def revive(self) -> None:
+        """Start the killed servers again (a former master rejoins as a replica) and wait until
+        the set can fail over once more."""
+        for server in self.servers:
+            if not server.alive:
+                server.restart()
+        self.wait_in_sync()
+
     def close(self) -> None:
         for server in [*self.sentinels, *self.servers]:
             server.close()
+
+
+@dataclass
+class Tls:
+    ca: Path
+    cert: Path
+    key: Path
+    other_ca: Path  # a CA that did not sign the server's certificate
+
+
+def _write_key(path: Path, key: object) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(
+        key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def _ca(name: str) -> tuple[object, object]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def make_tls(folder: Path) -> Tls:
+    """A CA, a server certificate for 127.0.0.1 and localhost signed by it, and a stranger CA
+    (for a wrong-CA check); made on the spot, valid for a day."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = _ca("seedx test CA")
+    _, other_cert = _ca("another CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_cert.subject)  # type: ignore[attr-defined]
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    tls = Tls(folder / "ca.pem", folder / "server.pem", folder / "server.key", folder / "other.pem")
+    pem = serialization.Encoding.PEM
+    tls.ca.write_bytes(ca_cert.public_bytes(pem))  # type: ignore[attr-defined]
+    tls.other_ca.write_bytes(other_cert.public_bytes(pem))  # type: ignore[attr-defined]
+    tls.cert.write_bytes(cert.public_bytes(pem))
+    _write_key(tls.key, key)
+    return tls

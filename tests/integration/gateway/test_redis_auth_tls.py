@@ -12,8 +12,6 @@ Needs Debian's ``redis-server`` (7.0+, built with TLS); skipped without it.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import re
 import shutil
@@ -21,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from seedx.chaos import redis_servers
+from seedx.chaos.redis_servers import Tls, make_tls
 from server.app import create_app
 from tests.integration.conftest import fast_queue_settings, fast_redis_settings, free_port
 from tests.integration.gateway.test_gateway_redis import (
@@ -45,153 +44,28 @@ from workers.settings import RedisSettings
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
 
-ROOT = Path(__file__).resolve().parents[3]
 PASSWORD = "s3cret-Pa55word"
 ADMIN_PASSWORD = "admin-Pa55word"
 
 
 def documented_acl() -> str:
     """The ``user seedx ...`` line of docs/deploy.md, with PASSWORD filled in."""
-    text = (ROOT / "docs" / "deploy.md").read_text()
-    lines = [line for line in text.splitlines() if line.startswith("user seedx on >PASSWORD ")]
-    assert len(lines) == 1, "docs/deploy.md must hold one `user seedx on >PASSWORD ...` line"
-    return lines[0].replace(">PASSWORD", f">{PASSWORD}")
-
-
-@dataclass
-class Tls:
-    ca: Path
-    cert: Path
-    key: Path
-    other_ca: Path  # a CA that did not sign the server's certificate
-
-
-def _write_key(path: Path, key: object) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    path.write_bytes(
-        key.private_bytes(  # type: ignore[attr-defined]
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-def _ca(name: str) -> tuple[object, object]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def make_tls(folder: Path) -> Tls:
-    """A CA, a server certificate for 127.0.0.1 and localhost signed by it, and a stranger CA."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_cert = _ca("seedx test CA")
-    _, other_cert = _ca("another CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_cert.subject)  # type: ignore[attr-defined]
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    tls = Tls(folder / "ca.pem", folder / "server.pem", folder / "server.key", folder / "other.pem")
-    pem = serialization.Encoding.PEM
-    tls.ca.write_bytes(ca_cert.public_bytes(pem))  # type: ignore[attr-defined]
-    tls.other_ca.write_bytes(other_cert.public_bytes(pem))  # type: ignore[attr-defined]
-    tls.cert.write_bytes(cert.public_bytes(pem))
-    _write_key(tls.key, key)
-    return tls
+    return redis_servers.documented_acl(PASSWORD)
 
 
 class RedisServer:
     """``redis-server`` on a free port with the admin user ``default`` and the ACL ``acl``."""
 
     def __init__(self, folder: Path, acl: str, tls: Tls | None = None) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
         self.tls = tls
-        config = [
-            "bind 127.0.0.1",
-            'save ""',
-            "appendonly no",
-            f"dir {folder}",
-            f"user default on >{ADMIN_PASSWORD} ~* &* +@all",
-            acl,
-        ]
-        if tls is None:
-            config.append(f"port {self.port}")
-        else:
-            config += [
-                "port 0",
-                f"tls-port {self.port}",
-                f"tls-cert-file {tls.cert}",
-                f"tls-key-file {tls.key}",
-                f"tls-ca-cert-file {tls.ca}",
-                "tls-auth-clients no",
-            ]
-        conf = folder / "redis.conf"
-        conf.write_text("\n".join(config) + "\n")
-        self._log = (folder / "redis.log").open("w")
-        assert REDIS_SERVER is not None
-        self._process = subprocess.Popen(
-            [REDIS_SERVER, str(conf)], stdout=self._log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 10
-        while "Ready to accept connections" not in (folder / "redis.log").read_text():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                pytest.fail("redis-server did not start: " + (folder / "redis.log").read_text())
-            time.sleep(0.05)
+        admin = f"user default on >{ADMIN_PASSWORD} ~* &* +@all"
+        try:
+            self._server = redis_servers.RedisServer(
+                folder, redis_servers.plain_config(admin, acl, tls=tls)
+            )
+        except redis_servers.RedisServerError as exc:
+            pytest.fail(str(exc))
+        self.port = self._server.port
 
     def url(self, user: str = "seedx", password: str = PASSWORD) -> str:
         scheme = "redis" if self.tls is None else "rediss"
@@ -209,13 +83,7 @@ class RedisServer:
         )
 
     def close(self) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._log.close()
+        self._server.close()
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
+from seedx.chaos.redis_servers import RedisServer, plain_config
 from server.app import create_app
 from tests.integration.conftest import fast_queue_settings, fast_redis_settings, free_port
 from tests.integration.gateway.test_gateway_redis import (
@@ -68,44 +69,15 @@ JUNK = b"x" * 65536
 
 
 class RedisProcess:
-    """``redis-server`` of one test on a free port (extra ``args`` as command-line options)."""
+    """``redis-server`` of one test on a free port (extra config lines: ``extra``)."""
 
-    def __init__(self, folder: Path, *args: str) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self._log_path = folder / "redis.log"
-        for _ in range(3):  # a free port can be taken before the server binds it: try another
-            self.port = free_port()
-            self.url = f"redis://127.0.0.1:{self.port}/0"
-            self._log = self._log_path.open("w")
-            assert REDIS_SERVER is not None
-            self._process = subprocess.Popen(
-                [
-                    REDIS_SERVER,
-                    *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-                    *("--appendonly", "no", "--dir", str(folder), *args),
-                ],
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-            )
-            deadline = time.monotonic() + 20
-            while "Ready to accept connections" not in self._log_path.read_text():
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            else:
-                return
-            log = self._log_path.read_text()
-            self.close()
-        pytest.fail("redis-server did not start: " + log)
+    def __init__(self, folder: Path, *extra: str) -> None:
+        self._server = RedisServer(folder, plain_config(*extra))
+        self.port = self._server.port
+        self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def close(self) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._log.close()
+        self._server.close()
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +99,7 @@ def server(tmp_path: Path) -> Iterator[RedisProcess]:
 def cluster_server(tmp_path: Path) -> Iterator[RedisProcess]:
     folder = tmp_path / "cluster"
     process = RedisProcess(
-        folder, "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf")
+        folder, "cluster-enabled yes", f"cluster-config-file {folder / 'nodes.conf'}"
     )
     try:
         yield process
