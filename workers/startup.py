@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import socket
 from typing import TYPE_CHECKING
 
@@ -85,8 +86,8 @@ async def check_redis(settings: RedisSettings) -> None:
         cause = _ssl_cause(exc, ssl.SSLError)
         if cause is not None:
             raise StartupError(
-                f"TLS to Redis at {where} failed ({cause}): check the ssl_ca_certs, "
-                "ssl_certfile and ssl_keyfile settings"
+                f"TLS to Redis at {where} failed ({_tls_reason(cause)}): check the "
+                "ssl_ca_certs, ssl_certfile and ssl_keyfile settings"
             ) from exc
         logger.warning(
             "Redis at %s is not reachable yet (%s); retrying in the background", where, exc
@@ -107,6 +108,15 @@ def _ssl_cause(exc: BaseException, kind: type[BaseException]) -> BaseException |
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _tls_reason(cause: BaseException) -> str:
+    """The OpenSSL reason in ``cause`` (``[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify
+    failed: ...``), not the whole text: through Sentinel it is repeated once per sentinel
+    inside a description of each connection."""
+    text = str(cause)
+    match = re.search(r"\[SSL[^\]]*\][^(]*", text)
+    return match.group(0).strip(" .") if match else text
 
 
 def _redacted(url: str) -> str:

@@ -384,3 +384,68 @@ def make_tls(folder: Path) -> Tls:
     tls.cert.write_bytes(cert.public_bytes(pem))
     _write_key(tls.key, key)
     return tls
+
+
+class Backbone:
+    """The chaos stack's Redis when it runs the backbone scenarios: a :class:`SentinelSet` over
+    TLS (a CA of its own) whose clients log in as the ACL user of docs/deploy.md, as a
+    production deployment with an external Sentinel-managed Redis would. Same face as the
+    stack's private Valkey (``url``, ``start``, ``close``) plus what the scenarios need."""
+
+    PASSWORD = "seedx-Backbone-Pa55"
+    ADMIN_PASSWORD = "admin-Backbone-Pa55"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.tls = make_tls(folder / "tls")
+        self._set: SentinelSet | None = None
+
+    @property
+    def servers(self) -> SentinelSet:
+        if self._set is None:
+            raise RuntimeError("the backbone is not started")
+        return self._set
+
+    def start(self) -> None:
+        self._set = SentinelSet(
+            self.folder / "set",
+            auth=[
+                f"user default on >{self.ADMIN_PASSWORD} ~* &* +@all",
+                documented_acl(self.PASSWORD),
+            ],
+            admin_password=self.ADMIN_PASSWORD,
+            tls=self.tls,
+        )
+        self._set.wait_in_sync()
+
+    @property
+    def url(self) -> str:
+        """What every process of the stack is given: rediss+sentinel:// as user ``seedx``."""
+        return self.servers.url("seedx", self.PASSWORD)
+
+    def url_with(self, password: str) -> str:
+        return self.servers.url("seedx", password)
+
+    def settings_env(self) -> dict[str, str]:
+        """RedisSettings fields (by env name) every process needs beside the URL."""
+        return {"SSL_CA_CERTS": str(self.tls.ca)}
+
+    def admin_url(self) -> str:
+        return self.servers.admin_url()
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """For ``redis.Redis.from_url(admin_url(), ...)`` (the URL's scheme says TLS)."""
+        return {"ssl_ca_certs": str(self.tls.ca)}
+
+    def kill_master(self) -> int:
+        """SIGKILL the current master; returns its port."""
+        master = self.servers.master()
+        master.kill()
+        return master.port
+
+    def revive(self) -> None:
+        self.servers.revive()
+
+    def close(self) -> None:
+        if self._set is not None:
+            self._set.close()

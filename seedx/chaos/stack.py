@@ -1,5 +1,10 @@
 """The stack under test: a private Valkey, the gateway and real workers, as child processes.
 
+With ``StackConfig.backbone`` its Redis is real ``redis-server`` processes instead: a master, a
+replica and three sentinels over TLS, reached as the documented ACL user
+(:class:`seedx.chaos.redis_servers.Backbone`), for the Redis backbone scenarios
+(:mod:`seedx.chaos.backbone`).
+
 Every process gets short leases and timeouts through its ``SEEDX_*`` settings (``QUEUE``,
 ``REDIS`` groups), so a SIGKILLed worker's jobs are reclaimed in about two seconds and a Redis
 restart is noticed within a fraction of one. Redis is a Valkey server of the stack's own
@@ -24,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from seedx.chaos.redis_servers import Backbone
 from seedx.supervisor import lower_priority
 from workers.hostinfo import process_state
 
@@ -121,6 +127,15 @@ class Valkey:
     def stop(self) -> None:
         self._server.stop()
 
+    def settings_env(self) -> dict[str, str]:
+        return {}
+
+    def admin_url(self) -> str:
+        return self.url
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {}
+
     def close(self) -> None:
         if self._server.is_running():
             self._server.stop()
@@ -141,6 +156,7 @@ class StackConfig:
     max_image_bytes: int = 1 * 2**20
     request_timeout_s: float = 40.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    backbone: bool = False  # Redis: the private Valkey, or the Sentinel set (module docstring)
 
 
 class Stack:
@@ -150,7 +166,11 @@ class Stack:
         self.config = config
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.redis = Valkey(config.workdir / "valkey")
+        self.redis: Valkey | Backbone = (
+            Backbone(config.workdir / "redis")
+            if config.backbone
+            else Valkey(config.workdir / "valkey")
+        )
         self.procs: list[Proc] = []
         self._serial = 0
 
@@ -224,7 +244,7 @@ class Stack:
         )
         for prefix in ("GATEWAY", "LLM", "DIFFUSION"):
             env[f"SEEDX_{prefix}_REDIS__URL"] = self.redis.url
-            for name, value in REDIS.items():
+            for name, value in {**REDIS, **self.redis.settings_env()}.items():
                 env[f"SEEDX_{prefix}_REDIS__{name}"] = value
             for name, value in QUEUE.items():
                 env[f"SEEDX_{prefix}_QUEUE__{name}"] = value
@@ -290,7 +310,12 @@ class Stack:
     def redis_client(self) -> Any:
         import redis
 
-        return redis.Redis.from_url(self.redis.url, socket_timeout=2, socket_connect_timeout=1)
+        return redis.Redis.from_url(
+            self.redis.admin_url(),
+            socket_timeout=2,
+            socket_connect_timeout=1,
+            **self.redis.client_kwargs(),
+        )
 
     def worker_infos(self) -> list[dict[str, Any]]:
         """Heartbeats of live workers (WorkerInfo JSON)."""

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from seedx.chaos.backbone import failover_load
+from seedx.chaos.backbone import load_through
 from seedx.chaos.redis_servers import SentinelSet
 from server.app import create_app
 from tests.integration.conftest import fast_queue_settings, fast_redis_settings
@@ -77,7 +77,7 @@ async def test_failover_under_load_loses_nothing(sentinel_set: SentinelSet) -> N
     ):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://g", headers=AUTH) as c:
-            figures = await failover_load(
+            figures = await load_through(
                 c,
                 lambda: sentinel_set.master().kill(),
                 chat=CHAT,
