@@ -73,6 +73,7 @@ def test_a_full_redis_refuses_with_503_and_loses_nothing(backbone_stack: Stack) 
     assert set(figures["statuses"]["during"]) <= {"200", "503"}, figures
     assert set(figures["statuses"]["after"]) == {"200"}, figures
     assert figures["readyz_after"] == [200, True], figures
+    assert figures["redis_memory_true_after_restore_s"] is not None, figures
 
 
 def test_the_documented_acl_user_is_enough_and_a_wrong_password_exits_78(
