@@ -33,6 +33,7 @@ import random
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,6 +61,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--itl-ms", type=float, default=25.0, help="fake engine's inter-token latency"
     )
     parser.add_argument("--port", type=int, default=18080, help="gateway port")
+    parser.add_argument(
+        "--idempotency-keys",
+        action="store_true",
+        help="send a fresh Idempotency-Key with every request: what the keyed path (the answer "
+        "recorded in Redis and relayed from it) adds; compare with a run without",
+    )
     parser.add_argument("--role", choices=["worker", "gateway"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -190,8 +197,9 @@ class _Connection:
     for a marker, so what is measured is the server.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, keyed: bool = False) -> None:
         self._port = port
+        self._keyed = keyed
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -201,9 +209,10 @@ class _Connection:
             self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
         reader, writer = self._reader, self._writer
         payload = json.dumps(body).encode()
+        keyed = f"Idempotency-Key: bench-{uuid.uuid4().hex}\r\n" if self._keyed else ""
         head = (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self._port}\r\n"
-            f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n{keyed}"
             f"Content-Length: {len(payload)}\r\n\r\n"
         ).encode()
         start = time.perf_counter()
@@ -243,9 +252,10 @@ class _Pool:
     connections after 5 s of silence, and a request sent on one it is closing would fail.
     """
 
-    def __init__(self, port: int, max_idle_s: float = 2.0) -> None:
+    def __init__(self, port: int, max_idle_s: float = 2.0, keyed: bool = False) -> None:
         self._port = port
         self._max_idle_s = max_idle_s
+        self._keyed = keyed
         self._idle: list[tuple[_Connection, float]] = []
 
     async def post(self, path: str, body: dict[str, Any], marker: bytes = b"") -> float:
@@ -256,7 +266,7 @@ class _Pool:
                 conn = candidate
             else:
                 candidate.close()
-        conn = conn or _Connection(self._port)
+        conn = conn or _Connection(self._port, self._keyed)
         try:
             first = await conn.post(path, body, marker)
         except BaseException:
@@ -340,7 +350,9 @@ async def _measure(args: argparse.Namespace, pids: dict[str, int]) -> None:
         base_url=f"http://127.0.0.1:{args.port}", headers={"Authorization": f"Bearer {KEY}"}
     ) as client:
         await _wait_ready(client)
-    pool = _Pool(args.port)
+    pool = _Pool(args.port, keyed=args.idempotency_keys)
+    if args.idempotency_keys:
+        print("every request carries a fresh Idempotency-Key")
     try:
         await _gateway_ttft(pool, Lanes(8, 100, [4] * 100, 0.0), INSTANT)  # warm up
         print(

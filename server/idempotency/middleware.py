@@ -66,7 +66,7 @@ from server.idempotency.key import (
     tenant_of,
     wants_idempotency,
 )
-from server.idempotency.records import BODY, END, START, Record, RequestRecords, start_entry
+from server.idempotency.records import BODY, START, Record, RequestRecords, start_entry
 from server.metrics import IDEMPOTENT_REQUESTS, IdempotentOutcome, reject, request_id_of
 from server.sse import wait_for_disconnect
 from workers.errors import InvalidRequest, StoreFull, TransportError, Unavailable
@@ -115,9 +115,9 @@ class IdempotentRuns:
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == b"x-request-id" for name, _ in headers):
                     headers.append(own_id)  # a replay names the request that made the answer
-                await records.append(digest, record, START, start_entry(status, headers))
+                records.append(digest, record, START, start_entry(status, headers))
             elif message["type"] == "http.response.body" and message.get("body"):
-                await records.append(digest, record, BODY, message["body"])
+                records.append(digest, record, BODY, message["body"])
 
         end = "ok"
         try:
@@ -132,8 +132,7 @@ class IdempotentRuns:
         if status is None or status >= 400:
             end = "error"
         try:
-            await records.append(digest, record, END, end.encode())
-            await records.finish(digest, record, keep=end == "ok")
+            await records.finish(digest, record, end, keep=end == "ok")
         except TransportError as exc:  # the claim lapses after its lease; followers are told
             logger.warning("could not record the end of an Idempotency-Key answer: %s", exc)
 

@@ -14,17 +14,19 @@ again after a lease and a retry runs anew (its followers end with a 503 telling 
 A finished attempt's record and stream live for ``idempotency_ttl_s``; an attempt that answered
 an error status is forgotten at once (its stream stays for one lease, for followers reading it).
 
-Followers read the stream with ``XREAD``. Those in the process that writes it (every first
-client, and retries that reach the same replica) wait for its next append on an in-process event,
-holding no connection; only a retry that reached another replica while the answer is still being
-written waits in ``XREAD BLOCK`` (at most ``queue.block_s`` at a time, on the shared pool), and
-checks after each empty wait that the claim is still held.
+Followers in the process that runs the attempt (every first client, and retries that reach the
+same replica) read its entries from that run's in-process log as the app sends them, waiting on
+an event: no Redis read and no pooled connection per waiting request, and no round trip per
+chunk between the app and its client (the writes follow, pipelined: :class:`_Run`; ``seedx bench
+gateway --idempotency-keys`` measures what is left). Others (a
+retry on another replica, or after the run) read the stream: ``XREAD``, waiting in ``XREAD
+BLOCK`` of at most ``queue.block_s`` while the answer is being written, and checking after each
+empty wait that the claim is still held.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from redis.asyncio import Redis
 
 from workers import keys
 from workers.connection import unavailable_on_disconnect
-from workers.errors import Unavailable
+from workers.errors import TransportError, Unavailable
 from workers.protocol import new_id
 from workers.queue import stream_entries
 
@@ -42,20 +44,19 @@ START, BODY, END = b"start", b"body", b"end"
 """The field of an answer stream entry: the response start (JSON status and headers), a body
 chunk (bytes), the end (``ok``, ``error``: an error status, or ``broken``: cut short)."""
 
-# KEYS: record. ARGV: expected value, then (renew) lease_ms | (keep) new value, ttl_ms | (drop).
+# KEYS: record. ARGV: the running record's value, lease_ms.
 _RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-_KEEP_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
-return 0
-"""
-_DROP_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# KEYS: record, answer stream. ARGV: running value, end, done value ('' to free the key),
+# stream TTL (ms). The end entry, then the record kept (done) or freed, in one round trip.
+_FINISH_LUA = """
+redis.call('XADD', KEYS[2], '*', 'end', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '' then return redis.call('DEL', KEYS[1]) end
+return redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[5])
 """
 
 
@@ -88,6 +89,96 @@ class Entry:
     end: str = ""
 
 
+_LOST = (
+    "the request this Idempotency-Key names stopped before it finished (its gateway went away); "
+    "retry"
+)
+
+
+class _Run:
+    """An attempt this process runs: its entries in order, for its followers here, and their
+    write to its answer stream behind them.
+
+    Entries are written in order by one flush task, all of those waiting in one pipelined round
+    trip (group commit), so a streamed answer does not wait on a Redis round trip per chunk, and
+    followers here get each chunk as soon as the app sends it. A write that fails ends the run:
+    the app's next send raises it, and the END is never written (followers are told to retry).
+    """
+
+    def __init__(self, redis: Redis, stream: str, stream_ttl_ms: int) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._stream_ttl_ms = stream_ttl_ms
+        self.entries: list[Entry] = []
+        self._unwritten: list[tuple[bytes, bytes]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._error: TransportError | None = None
+        self._first = True
+        self.closed = False
+        self._grew = asyncio.Event()
+
+    def add(self, field: bytes, value: bytes) -> None:
+        """Log one entry (followers here see it now) and queue its write."""
+        if self._error is not None:
+            raise self._error
+        self.entries.append(_entry({field: value}))
+        self._wake()
+        self._unwritten.append((field, value))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def written(self) -> None:
+        """Until every entry added so far is stored (or the write's error)."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._error is not None:
+            raise self._error
+
+    async def _flush(self) -> None:
+        try:
+            while self._unwritten and self._error is None:
+                batch, self._unwritten = self._unwritten, []
+                pipe = self._redis.pipeline(transaction=False)
+                for field, value in batch:
+                    pipe.xadd(self._stream, {field: value})
+                if self._first:  # the stream lives until its record's end
+                    pipe.pexpire(self._stream, self._stream_ttl_ms)
+                try:
+                    async with unavailable_on_disconnect("recording an answer"):
+                        await pipe.execute()
+                except TransportError as exc:
+                    self._error = exc
+                self._first = False
+        finally:
+            self._flusher = None
+
+    def end(self, entry: Entry) -> None:
+        """Log the END, once it is stored."""
+        self.entries.append(entry)
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._grew.set()
+        self._grew = asyncio.Event()
+
+    async def follow(self) -> AsyncIterator[Entry]:
+        """Every entry from the first, waiting for the next; AttemptLost if the run stops
+        without its END (a failed write, or cancelled at shutdown)."""
+        index = 0
+        while True:
+            grew = self._grew
+            while index < len(self.entries):
+                index += 1
+                yield self.entries[index - 1]
+            if self.closed:
+                raise AttemptLost(_LOST)
+            await grew.wait()
+
+
 class RequestRecords:
     """Claims keys, writes attempts' answers, and reads them back (see the module docstring)."""
 
@@ -98,11 +189,9 @@ class RequestRecords:
         self._block_ms = max(1, int(block_s * 1000))
         self.lease_s = lease_s
         self._renew = redis.register_script(_RENEW_LUA)
-        self._keep = redis.register_script(_KEEP_LUA)
-        self._drop = redis.register_script(_DROP_LUA)
-        self._written: dict[str, asyncio.Event] = {}
-        """Answer streams this process is writing: their followers here wait on the event
-        instead of a blocking read (no pooled connection held per waiting request)."""
+        self._finish = redis.register_script(_FINISH_LUA)
+        self._runs: dict[str, _Run] = {}
+        """The answer streams this process is writing, by stream: their entries so far."""
 
     async def claim(self, digest: str, fingerprint: str) -> tuple[Record, bool]:
         """The record of ``digest``, and whether this call created it (then it is to be run)."""
@@ -112,7 +201,8 @@ class RequestRecords:
                 keys.request_record_key(digest), mine.dumps(), nx=True, get=True, px=self._lease_ms
             )
         if found is None:
-            self._written[keys.request_answer_stream(digest, mine.attempt)] = asyncio.Event()
+            stream = keys.request_answer_stream(digest, mine.attempt)
+            self._runs[stream] = _Run(self._redis, stream, self._ttl_ms + self._lease_ms)
             return mine, True
         return Record.loads(found), False
 
@@ -123,74 +213,59 @@ class RequestRecords:
                 keys=[keys.request_record_key(digest)], args=[record.dumps(), self._lease_ms]
             )
 
-    async def append(self, digest: str, record: Record, field: bytes, value: bytes) -> None:
-        """Add one entry to the attempt's answer stream."""
-        stream = keys.request_answer_stream(digest, record.attempt)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xadd(stream, {field: value})
-        pipe.pexpire(stream, self._ttl_ms + self._lease_ms)
-        async with unavailable_on_disconnect("recording an answer"):
-            await pipe.execute()
-        self._wake_followers(stream)
+    def append(self, digest: str, record: Record, field: bytes, value: bytes) -> None:
+        """Add one entry (START or BODY) to the answer of an attempt this process runs (its
+        write follows: :class:`_Run`); raises the error of an earlier write that failed."""
+        self._runs[keys.request_answer_stream(digest, record.attempt)].add(field, value)
 
-    def _wake_followers(self, stream: str) -> None:
-        """Wake this process's followers of ``stream`` (each waits on the event it saw last)."""
-        written = self._written.get(stream)
-        if written is not None:
-            written.set()
-            self._written[stream] = asyncio.Event()
+    async def finish(self, digest: str, record: Record, end: str, *, keep: bool) -> None:
+        """Once the answer is stored, write the END entry and keep the record (``done``) for
+        the TTL, or free the key (the stream then stays one lease, for followers reading it)."""
+        stream = keys.request_answer_stream(digest, record.attempt)
+        run = self._runs[stream]
+        await run.written()
+        done = Record(record.fingerprint, record.attempt, done=True).dumps() if keep else b""
+        stream_ttl_ms = self._ttl_ms + self._lease_ms if keep else self._lease_ms
+        args: list[bytes | str | int] = [record.dumps(), end, done, stream_ttl_ms, self._ttl_ms]
+        async with unavailable_on_disconnect("finishing an Idempotency-Key"):
+            await self._finish(keys=[keys.request_record_key(digest), stream], args=args)
+        run.end(_entry({END: end.encode()}))
 
     def stop_writing(self, digest: str, record: Record) -> None:
-        """The run of ``record`` in this process is over (ended, or cancelled): its followers
-        here stop waiting for appends from it and read as any other replica does."""
-        written = self._written.pop(keys.request_answer_stream(digest, record.attempt), None)
-        if written is not None:
-            written.set()
-
-    async def finish(self, digest: str, record: Record, *, keep: bool) -> None:
-        """After the end entry: keep the record (``done``) for the TTL, or free the key."""
-        key = keys.request_record_key(digest)
-        async with unavailable_on_disconnect("finishing an Idempotency-Key"):
-            if keep:
-                done = Record(record.fingerprint, record.attempt, done=True)
-                await self._keep(keys=[key], args=[record.dumps(), done.dumps(), self._ttl_ms])
-            else:
-                await self._drop(keys=[key], args=[record.dumps()])
-                stream = keys.request_answer_stream(digest, record.attempt)
-                await self._redis.pexpire(stream, self._lease_ms)
+        """The run of ``record`` in this process is over (ended, or cancelled at shutdown):
+        followers that arrive later read the stream."""
+        run = self._runs.pop(keys.request_answer_stream(digest, record.attempt), None)
+        if run is not None:
+            run.close()
 
     async def follow(self, digest: str, record: Record) -> AsyncIterator[Entry]:
         """The attempt's answer from its start, as it is written, up to its end.
 
-        Raises :class:`AttemptLost` once the stream stops growing and the record no longer
-        names the attempt (its gateway died and the claim lapsed), Unavailable if Redis is down.
+        Raises :class:`AttemptLost` when the attempt stopped without finishing (its gateway
+        died and the claim lapsed, or it is shutting down), Unavailable if Redis is down.
         """
         stream = keys.request_answer_stream(digest, record.attempt)
+        run = self._runs.get(stream)
+        entries = run.follow() if run is not None else self._read(digest, record, stream)
+        async for entry in entries:
+            yield entry
+            if entry.message is None:
+                return
+
+    async def _read(self, digest: str, record: Record, stream: str) -> AsyncIterator[Entry]:
         last: bytes | str = b"0-0"
         while True:
-            written = self._written.get(stream)  # before the read: no append can slip between
             async with unavailable_on_disconnect("reading a recorded answer"):
-                block = None if written is not None else self._block_ms
                 found = stream_entries(
-                    await self._redis.xread({stream: last}, count=64, block=block)
+                    await self._redis.xread({stream: last}, count=64, block=self._block_ms)
                 )
-                if not found and written is None and not await self._names(digest, record):
+                if not found and not await self._names(digest, record):
                     found = stream_entries(await self._redis.xread({stream: last}, count=64))
                     if not found:
-                        raise AttemptLost(
-                            "the request this Idempotency-Key names stopped before it finished "
-                            "(its gateway went away); retry"
-                        )
-            if not found and written is not None:  # written here: wait for the next append
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._block_ms / 1000):
-                        await written.wait()
+                        raise AttemptLost(_LOST)
             for entry_id, fields in found:
                 last = entry_id
-                entry = _entry(fields)
-                yield entry
-                if entry.message is None:
-                    return
+                yield _entry(fields)
 
     async def _names(self, digest: str, record: Record) -> bool:
         found = await self._redis.get(keys.request_record_key(digest))
