@@ -18,7 +18,7 @@ job joined before the first step: the engine's pipelines and the diffusion worke
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -41,7 +41,7 @@ from engine.sampling import (
     time_ids,
 )
 
-T = TypeVar("T", bound=Hashable)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,14 @@ class StepBatch(Generic[T]):
         options.validate()
         self.unet = unet
         self.options = options
+        # once: diffusers' unet.device/dtype walk every module on each access
+        first = next(unet.parameters())
+        self._device, self._dtype = first.device, first.dtype
         self.total = options.num_inference_steps
         self._latent_hw = (options.height // 8, options.width // 8)
-        self._stepper: RowStepper = row_stepper(scheduler, self.total, unet.device)
+        self._stepper: RowStepper = row_stepper(scheduler, self.total, self._device)
         self._ids = torch.tensor(
-            [time_ids(options.height, options.width)], device=unet.device, dtype=unet.dtype
+            [time_ids(options.height, options.width)], device=self._device, dtype=self._dtype
         )
         self._tags: list[T] = []
         self._jobs: list[SamplingJob] = []
@@ -94,7 +97,7 @@ class StepBatch(Generic[T]):
             return
         jobs = [job for _, job in tagged]
         self._conditioned = _check_jobs(self.unet, jobs, self._latent_hw)
-        device, dtype = self.unet.device, self.unet.dtype
+        device, dtype = self._device, self._dtype
         noise = initial_latents(
             jobs, self._latent_hw, device, dtype, self._stepper.init_noise_sigma
         )

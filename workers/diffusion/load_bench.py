@@ -9,11 +9,11 @@ submitted -> joined a batch) in step times, p50/p99 end-to-end latency (submitte
 image decoded), and images/s over the trace.
 
 ``L`` is the offered load relative to the worker's capacity, measured first: a full batch
-(``--max-batch`` jobs) sampled and decoded, alone on the device (median of 3), gives
-capacity = max_batch / that time; arrivals come at rate ``L x capacity``. A *step time* is
-that full batch's sampling time divided by its steps. Issue 25's goals at load 0.7 on the CPU
-tiny model: step-level p99 queue wait <= 1.5 step times, images/s not below batch-level, p99
-end-to-end >= 1.5x better.
+(``--max-batch`` jobs) through the worker's runner (prepared, sampled, decoded), alone on the
+device (median of 3), gives capacity = max_batch / that time; arrivals come at rate
+``L x capacity``. A *step time* is that full batch's sampling time divided by its steps.
+Issue 25's goals at load 0.7 on the CPU tiny model: step-level p99 queue wait <= 1.5 step
+times, images/s not below batch-level, p99 end-to-end >= 1.5x better.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from engine.sampling import SamplingOptions
 from workers.diffusion.batching import BatchPolicy
 from workers.diffusion.dispatcher import BatchDispatcher, Ticket
 from workers.diffusion.requests import DiffusionRequest
-from workers.diffusion.runner import BatchRunner, Failure, Finished
+from workers.diffusion.runner import BatchRunner, Failure, Finished, Output
 from workers.diffusion.settings import DiffusionWorkerSettings
 
 POLICIES = ("batch", "step")
@@ -57,24 +57,47 @@ class PolicyResult:
     images_per_s: float
 
 
+@dataclass
+class _Item:
+    """A bare ``BatchItem`` for the capacity run (nobody waits on its outputs)."""
+
+    request: DiffusionRequest
+    stopped: bool = False
+    submitted: float = 0.0
+
+    def emit(self, output: Output) -> None:
+        if isinstance(output, Failure):
+            raise RuntimeError(f"capacity run failed: {output.error}")
+
+
 def measure_capacity(
-    pipeline: DetokenizerPipeline, embed: np.ndarray, options: SamplingOptions, max_batch: int
+    pipeline: DetokenizerPipeline,
+    embeds: list[np.ndarray],
+    options: SamplingOptions,
+    settings: DiffusionWorkerSettings,
 ) -> Capacity:
-    """Median of three full batches (sample, then decode), after one warm-up: on a shared
-    machine the best run overstates what the replays will get, and the load with it."""
-    tensor = torch.from_numpy(embed.astype(np.float32))[None]
-    jobs = pipeline.prepare_generate([GenerateJob(tensor, seed=i) for i in range(max_batch)])
-    pipeline.decode(pipeline.sample(jobs, options))
-    sample_s, total_s = [], []
+    """A full batch through the worker's runner (preparation, sampling, decoding: what the
+    worker pays per job), median of three after one warm-up; the step time is the median
+    sampling time of the same batch alone, divided by its steps. Medians, not minima: on a
+    shared machine the best run overstates what the replays get, and the load with it."""
+    runner = BatchRunner(pipeline, decode_batch=settings.decode_batch)
+    batch = [_request(embeds[i % len(embeds)], i, options) for i in range(settings.max_batch)]
+    jobs = pipeline.prepare_generate(
+        [job for request in batch if isinstance(job := request.engine_job, GenerateJob)]
+    )
+    runner.run([_Item(request) for request in batch])
+    total_s, sample_s = [], []
     for _ in range(3):
         started = time.perf_counter()
-        latents = pipeline.sample(jobs, options)
-        sampled = time.perf_counter()
-        pipeline.decode(latents)
-        sample_s.append(sampled - started)
+        runner.run([_Item(request) for request in batch])
         total_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        pipeline.sample(jobs, options)
+        sample_s.append(time.perf_counter() - started)
     steps = options.num_inference_steps
-    return Capacity(statistics.median(sample_s) / steps, max_batch / statistics.median(total_s))
+    return Capacity(
+        statistics.median(sample_s) / steps, settings.max_batch / statistics.median(total_s)
+    )
 
 
 def poisson_trace(jobs: int, rate: float, seed: int) -> list[float]:
@@ -159,7 +182,7 @@ def run_load_bench(
     seed: int,
 ) -> tuple[Capacity, list[PolicyResult]]:
     """Capacity, then the same trace against each policy of :data:`POLICIES`."""
-    capacity = measure_capacity(pipeline, embeds[0], options, settings.max_batch)
+    capacity = measure_capacity(pipeline, embeds, options, settings)
     arrivals = poisson_trace(len(embeds), load * capacity.images_per_s, seed)
     results = []
     for name in POLICIES:
