@@ -285,11 +285,13 @@ def load_main(
     """``--arrivals poisson``: the load benchmark's table (``workers.diffusion.load_bench``)."""
     from workers.diffusion.load_bench import report, run_load_bench
 
-    capacity, results = run_load_bench(pipeline, settings, embeds, options, args.load, args.seed)
+    capacity, results = run_load_bench(
+        pipeline, settings, embeds, options, args.load, args.seed, args.repeats
+    )
     label = "tiny" if args.model is None else args.model
     print(f"diffusion load bench: {label} on {pipeline.device}/{pipeline.dtype}, "
           f"{args.size}x{args.size}, {args.steps} steps, {args.jobs} jobs, poisson load "
-          f"{args.load} (seed {args.seed}), max batch {args.max_batch}, "
+          f"{args.load} (seed {args.seed}), max batch {args.max_batch}, {args.repeats} repeats, "
           f"{torch.get_num_threads()} torch threads")  # fmt: skip
     for line in report(capacity, results):
         print(line)

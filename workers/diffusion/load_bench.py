@@ -180,16 +180,29 @@ def run_load_bench(
     options: SamplingOptions,
     load: float,
     seed: int,
+    repeats: int = 1,
 ) -> tuple[Capacity, list[PolicyResult]]:
-    """Capacity, then the same trace against each policy of :data:`POLICIES`."""
+    """Capacity, then the same trace against each policy of :data:`POLICIES`, alternating,
+    ``repeats`` times: on a shared machine a drift in contention then hits both policies alike.
+    A policy's waits and latencies are pooled over its repeats; its images/s is their median."""
     capacity = measure_capacity(pipeline, embeds, options, settings)
     arrivals = poisson_trace(len(embeds), load * capacity.images_per_s, seed)
-    results = []
-    for name in POLICIES:
-        policy_settings = settings.model_copy(update={"batching": name})
-        results.append(
-            asyncio.run(replay(pipeline, policy_settings, embeds, arrivals, options, capacity))
+    runs: dict[str, list[PolicyResult]] = {name: [] for name in POLICIES}
+    for _ in range(repeats):
+        for name in POLICIES:
+            policy_settings = settings.model_copy(update={"batching": name})
+            runs[name].append(
+                asyncio.run(replay(pipeline, policy_settings, embeds, arrivals, options, capacity))
+            )
+    results = [
+        PolicyResult(
+            name,
+            [w for run in runs[name] for w in run.wait_steps],
+            [s for run in runs[name] for s in run.latency_s],
+            statistics.median(run.images_per_s for run in runs[name]),
         )
+        for name in POLICIES
+    ]
     return capacity, results
 
 
