@@ -16,8 +16,8 @@ an error status is forgotten at once (its stream stays for one lease, for follow
 
 Followers in the process that runs the attempt (every first client, and retries that reach the
 same replica) read its entries from that run's in-process log as the app sends them, waiting on
-an event: no Redis read and no pooled connection per waiting request, and no round trip per
-chunk between the app and its client (the writes follow, pipelined: :class:`_Run`; ``seedx bench
+an event: no Redis read and no pooled connection per waiting request, and no round trip between
+the app and its client (the writes follow, every run's together: :class:`_Writer`; ``seedx bench
 gateway --idempotency-keys`` measures what is left). Others (a
 retry on another replica, or after the run) read the stream: ``XREAD``, waiting in ``XREAD
 BLOCK`` of at most ``queue.block_s`` while the answer is being written, and checking after each
@@ -95,65 +95,27 @@ _LOST = (
 )
 
 
+WRITE_TICK_S = 0.005
+"""How long the writer gathers entries before one pipelined write of all of them: the answers
+of every keyed request in flight share a round trip (one per chunk cost a quarter of the
+gateway's CPU with 64 streams). Readers on other replicas see an entry up to this late, and
+a keyed answer ends (its END, after its writes) up to this late; its chunks are not delayed."""
+
+
 class _Run:
-    """An attempt this process runs: its entries in order, for its followers here, and their
-    write to its answer stream behind them.
+    """An attempt this process runs: its entries in order, as the app sent them, for its
+    followers here; the :class:`_Writer` stores them behind the log."""
 
-    Entries are written in order by one flush task, all of those waiting in one pipelined round
-    trip (group commit), so a streamed answer does not wait on a Redis round trip per chunk, and
-    followers here get each chunk as soon as the app sends it. A write that fails ends the run:
-    the app's next send raises it, and the END is never written (followers are told to retry).
-    """
-
-    def __init__(self, redis: Redis, stream: str, stream_ttl_ms: int) -> None:
-        self._redis = redis
-        self._stream = stream
-        self._stream_ttl_ms = stream_ttl_ms
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
         self.entries: list[Entry] = []
-        self._unwritten: list[tuple[bytes, bytes]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._error: TransportError | None = None
-        self._first = True
+        self.unwritten = 0
+        self.created = False  # the stream exists (its TTL is set)
+        self.error: TransportError | None = None
         self.closed = False
         self._grew = asyncio.Event()
 
-    def add(self, field: bytes, value: bytes) -> None:
-        """Log one entry (followers here see it now) and queue its write."""
-        if self._error is not None:
-            raise self._error
-        self.entries.append(_entry({field: value}))
-        self._wake()
-        self._unwritten.append((field, value))
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-
-    async def written(self) -> None:
-        """Until every entry added so far is stored (or the write's error)."""
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
-        if self._error is not None:
-            raise self._error
-
-    async def _flush(self) -> None:
-        try:
-            while self._unwritten and self._error is None:
-                batch, self._unwritten = self._unwritten, []
-                pipe = self._redis.pipeline(transaction=False)
-                for field, value in batch:
-                    pipe.xadd(self._stream, {field: value})
-                if self._first:  # the stream lives until its record's end
-                    pipe.pexpire(self._stream, self._stream_ttl_ms)
-                try:
-                    async with unavailable_on_disconnect("recording an answer"):
-                        await pipe.execute()
-                except TransportError as exc:
-                    self._error = exc
-                self._first = False
-        finally:
-            self._flusher = None
-
-    def end(self, entry: Entry) -> None:
-        """Log the END, once it is stored."""
+    def log(self, entry: Entry) -> None:
         self.entries.append(entry)
         self._wake()
 
@@ -167,7 +129,7 @@ class _Run:
 
     async def follow(self) -> AsyncIterator[Entry]:
         """Every entry from the first, waiting for the next; AttemptLost if the run stops
-        without its END (a failed write, or cancelled at shutdown)."""
+        without its END (cancelled at shutdown)."""
         index = 0
         while True:
             grew = self._grew
@@ -177,6 +139,55 @@ class _Run:
             if self.closed:
                 raise AttemptLost(_LOST)
             await grew.wait()
+
+
+class _Writer:
+    """Stores the entries of every run of this process: one task, one pipeline per
+    :data:`WRITE_TICK_S` for all that arrived, in order per stream. A failed write is the
+    error of each run it carried (the app's next send raises it)."""
+
+    def __init__(self, redis: Redis, stream_ttl_ms: int) -> None:
+        self._redis = redis
+        self._stream_ttl_ms = stream_ttl_ms
+        self._pending: list[tuple[_Run, bytes, bytes]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, run: _Run, field: bytes, value: bytes) -> None:
+        if run.error is not None:
+            raise run.error
+        self._pending.append((run, field, value))
+        run.unwritten += 1
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def written(self, run: _Run) -> None:
+        """Until every entry of ``run`` is stored; raises its write's error."""
+        while run.unwritten and run.error is None and self._task is not None:
+            await asyncio.shield(self._task)
+        if run.error is not None:
+            raise run.error
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                await asyncio.sleep(WRITE_TICK_S)
+                batch, self._pending = self._pending, []
+                pipe = self._redis.pipeline(transaction=False)
+                for run, field, value in batch:
+                    pipe.xadd(run.stream, {field: value})
+                    if not run.created:  # the stream lives until its record's end
+                        pipe.pexpire(run.stream, self._stream_ttl_ms)
+                        run.created = True
+                try:
+                    async with unavailable_on_disconnect("recording an answer"):
+                        await pipe.execute()
+                except TransportError as exc:
+                    for run, _, _ in batch:
+                        run.error = exc
+                for run, _, _ in batch:
+                    run.unwritten -= 1
+        finally:
+            self._task = None
 
 
 class RequestRecords:
@@ -192,6 +203,7 @@ class RequestRecords:
         self._finish = redis.register_script(_FINISH_LUA)
         self._runs: dict[str, _Run] = {}
         """The answer streams this process is writing, by stream: their entries so far."""
+        self._writer = _Writer(redis, self._ttl_ms + self._lease_ms)
 
     async def claim(self, digest: str, fingerprint: str) -> tuple[Record, bool]:
         """The record of ``digest``, and whether this call created it (then it is to be run)."""
@@ -202,7 +214,7 @@ class RequestRecords:
             )
         if found is None:
             stream = keys.request_answer_stream(digest, mine.attempt)
-            self._runs[stream] = _Run(self._redis, stream, self._ttl_ms + self._lease_ms)
+            self._runs[stream] = _Run(stream)
             return mine, True
         return Record.loads(found), False
 
@@ -214,22 +226,27 @@ class RequestRecords:
             )
 
     def append(self, digest: str, record: Record, field: bytes, value: bytes) -> None:
-        """Add one entry (START or BODY) to the answer of an attempt this process runs (its
-        write follows: :class:`_Run`); raises the error of an earlier write that failed."""
-        self._runs[keys.request_answer_stream(digest, record.attempt)].add(field, value)
+        """Add one entry (START or BODY) to the answer of an attempt this process runs: its
+        followers here see it now, Redis a tick later (:class:`_Writer`); raises the error of an
+        earlier write that failed."""
+        run = self._runs[keys.request_answer_stream(digest, record.attempt)]
+        self._writer.add(run, field, value)
+        run.log(_entry({field: value}))
 
     async def finish(self, digest: str, record: Record, end: str, *, keep: bool) -> None:
-        """Once the answer is stored, write the END entry and keep the record (``done``) for
-        the TTL, or free the key (the stream then stays one lease, for followers reading it)."""
+        """Once the answer's entries are stored, write the END and keep the record (``done``)
+        for the TTL, or free the key (the stream then stays one lease, for the followers reading
+        it); then the followers here get the END: a client told its request failed can resend
+        it at once, and a retry after an answer ended finds it kept."""
         stream = keys.request_answer_stream(digest, record.attempt)
         run = self._runs[stream]
-        await run.written()
+        await self._writer.written(run)
         done = Record(record.fingerprint, record.attempt, done=True).dumps() if keep else b""
         stream_ttl_ms = self._ttl_ms + self._lease_ms if keep else self._lease_ms
         args: list[bytes | str | int] = [record.dumps(), end, done, stream_ttl_ms, self._ttl_ms]
         async with unavailable_on_disconnect("finishing an Idempotency-Key"):
             await self._finish(keys=[keys.request_record_key(digest), stream], args=args)
-        run.end(_entry({END: end.encode()}))
+        run.log(_entry({END: end.encode()}))
 
     def stop_writing(self, digest: str, record: Record) -> None:
         """The run of ``record`` in this process is over (ended, or cancelled at shutdown):
