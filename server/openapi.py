@@ -55,9 +55,7 @@ def document_idempotency(operation: dict[str, Any]) -> None:
     )
     operation.setdefault("responses", {})["422"] = {
         "description": "The Idempotency-Key was used for a different request",
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
-        },
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
     }
 
 
