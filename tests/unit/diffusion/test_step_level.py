@@ -29,6 +29,7 @@ from tests.unit.diffusion.support import (
     worker_settings,
 )
 from workers.diffusion import metrics
+from workers.diffusion.runner import DECODE_GATHER_STEPS
 from workers.diffusion.worker import diffusion_service
 from workers.protocol import Event, ImageReady, Job, PartialImage
 
@@ -55,6 +56,14 @@ async def test_a_late_job_joins_the_running_batch_at_the_next_step(
         return real(sample, timestep, **kwargs)
 
     monkeypatch.setattr(first_stage.unet, "forward", spy)
+    decoded: list[int] = []
+    real_decode = first_stage.decode
+
+    def decode_spy(latents: torch.Tensor) -> Any:
+        decoded.append(latents.shape[0])
+        return real_decode(latents)
+
+    monkeypatch.setattr(first_stage, "decode", decode_spy)
     joins = metrics.JOINS.collect()[0].samples
     async with diffusion_service(first_stage, settings) as svc:
         early = generate_job(await blobs.put_tensor(embedding(1)), seed=1, steps=6)
@@ -76,8 +85,10 @@ async def test_a_late_job_joins_the_running_batch_at_the_next_step(
         assert batches == 1
         joined_at = rows.index(4)
         assert 1 <= joined_at <= 3  # the late job ran beside the early one...
-        assert rows == [2] * joined_at + [4] * (6 - joined_at) + [2] * joined_at  # ...6 steps
-        assert finished[early.job_id] < finished[late.job_id]  # left at its own last step
+        # ...for 6 steps each: the early job leaves the UNet at its own last step
+        assert rows == [2] * joined_at + [4] * (6 - joined_at) + [2] * joined_at
+        # the early image waits for the late one if it finishes within DECODE_GATHER_STEPS
+        assert decoded == ([2] if joined_at <= DECODE_GATHER_STEPS else [1, 1])
         assert joins != metrics.JOINS.collect()[0].samples
     else:
         assert batches == 2
