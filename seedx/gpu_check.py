@@ -10,6 +10,11 @@ text-to-image never runs the ViT; ``--dims tiny``: the toy tree), converts it wi
   on the same jobs at each ``--steps`` (goal <= 1.03); per-image time at batch 4 and 8 ÷ batch 1
   (goal <= 0.6 at 8) with the peak CUDA memory of each batch size; the speed variants the worker
   offers (SDPA, channels-last, ``torch.compile``), one denoising run each, and the fastest.
+* **load**: batch-level vs step-level batching (issue 25) on one seeded Poisson trace of
+  ``load_jobs`` generate jobs at load 0.7 of the worker's measured capacity, at the first
+  ``--steps`` (``workers.diffusion.load_bench``): p50/p99 queue wait in step times, p50/p99
+  end-to-end, images/s; goals: step-level p99 wait <= 1.5 steps, images/s not below batch-level,
+  p99 end-to-end >= 1.5x better.
 * **llm**: the PyTorch reference at 13B width: prefill ms/token, decode ms/token per layer (the
   model run with all and with half of its layers; the difference is the layers' share) and the
   figures scaled to 40 layers; the 64 image-query rows in one pass vs the 65-step forced decode.
@@ -65,13 +70,16 @@ class Profile:
     image_max_tokens: int
     concurrency: int
     variants: tuple[str, ...]
+    load_jobs: int = 16  # jobs of the load section's Poisson trace
 
 
 PROFILES = {
     "real": Profile(
         1024, (25, 50), 4, 4, (1, 4, 8), 512, 32, 120, 16, ("sdpa", "channels_last", "compile")
     ),
-    "tiny": Profile(64, (4, 8), 4, 4, (1, 4, 8), 64, 16, 80, 8, ("sdpa", "channels_last")),
+    "tiny": Profile(
+        64, (4, 8), 4, 4, (1, 4, 8), 64, 16, 80, 8, ("sdpa", "channels_last"), load_jobs=12
+    ),
 }
 
 
@@ -119,7 +127,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--model", type=Path, help="an existing serving root (skip writing one)")
     parser.add_argument("--llm-layers", type=int, default=4, help="--dims real: LLM layers")
-    parser.add_argument("--sections", default="diffusion,placement,llm,stack")
+    parser.add_argument("--sections", default="diffusion,load,placement,llm,stack")
     parser.add_argument("--size", type=int, help="image side (default: per --dims)")
     parser.add_argument("--steps", help="comma-separated step counts (default: per --dims)")
     parser.add_argument("--variants", help="comma-separated: sdpa,channels_last,compile")
@@ -254,6 +262,53 @@ def check_diffusion(
     section["variants"] = _variants(root, device, embeds[0], options, profile, Clock(device))
     fastest = min(section["variants"].items(), key=lambda kv: kv[1].get("seconds", float("inf")))
     section["fastest_variant"] = fastest[0]
+
+
+LOAD = 0.7  # issue 25's offered load, relative to the measured capacity
+
+
+def check_load(report: Report, root: Path, profile: Profile, args: argparse.Namespace) -> None:
+    """Batch-level vs step-level batching on one Poisson trace (module docstring)."""
+    from engine.sampling import SamplingOptions
+    from workers.diffusion import bench
+    from workers.diffusion.load_bench import percentile, run_load_bench
+    from workers.diffusion.settings import DiffusionWorkerSettings
+
+    device = torch.device(report.meta["device"])
+    pipeline = _load_pipeline(root, device)
+    embeds = bench.random_embeddings(pipeline, profile.load_jobs)
+    settings = DiffusionWorkerSettings(model=root, max_batch=profile.max_batch)
+    options = SamplingOptions(profile.size, profile.size, profile.steps[0])
+    capacity, results = run_load_bench(
+        pipeline, settings, embeds, options, LOAD, seed=0, repeats=args.repeats
+    )
+    by = {r.policy: r for r in results}
+    report.sections["load"] = {
+        "load": LOAD,
+        "jobs": profile.load_jobs,
+        "steps": profile.steps[0],
+        "capacity_images_per_s": capacity.images_per_s,
+        "step_s": capacity.step_s,
+        "policies": {
+            r.policy: {
+                "wait_steps_p50": percentile(r.wait_steps, 50),
+                "wait_steps_p99": percentile(r.wait_steps, 99),
+                "e2e_s_p50": percentile(r.latency_s, 50),
+                "e2e_s_p99": percentile(r.latency_s, 99),
+                "images_per_s": r.images_per_s,
+            }
+            for r in results
+        },
+    }
+    step, batch = by["step"], by["batch"]
+    report.goal("step-level p99 queue wait (step times)", percentile(step.wait_steps, 99),
+                "<=", 1.5)  # fmt: skip
+    report.goal("step-level / batch-level images/s", step.images_per_s / batch.images_per_s,
+                ">=", 1.0)  # fmt: skip
+    better = percentile(batch.latency_s, 99) / percentile(step.latency_s, 99)
+    report.goal("batch-level / step-level p99 end-to-end", better, ">=", 1.5)
+    del pipeline
+    _free(device)
 
 
 def _variants(
@@ -615,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         report.meta["redis"] = label
         checks: dict[str, Callable[[], None]] = {
             "diffusion": lambda: check_diffusion(report, root, profile, args, url),
+            "load": lambda: check_load(report, root, profile, args),
             "llm": lambda: check_llm(report, reference(), profile, args),
             "stack": lambda: check_stack(report, root, reference(), profile, args, url),
             "placement": lambda: check_placement(

@@ -44,6 +44,10 @@ def test_gpu_check_script_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
     assert diffusion["batches"]["1"]["peak_bytes"] is None  # CUDA only
     assert diffusion["fastest_variant"] in diffusion["variants"]
     assert all("seconds" in v for v in diffusion["variants"].values()), diffusion["variants"]
+    load = report["sections"]["load"]
+    assert load["jobs"] == 12
+    assert set(load["policies"]) == {"batch", "step"}
+    assert all(p["images_per_s"] > 0 for p in load["policies"].values())
     assert llm["layers"] == 2
     # A slope between two timings of a 1- and a 2-layer toy model: its sign on a busy CI CPU is
     # noise (it came out negative at load 4.5), its meaning is for a lent GPU at real width. Here
@@ -69,6 +73,7 @@ def test_gpu_check_script_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
     names = {g["name"] for g in report["goals"]}
     assert "stack text-to-image / in-process" in names
     assert "per-image time, batch 8 / batch 1" in names
+    assert "batch-level / step-level p99 end-to-end" in names
     assert "placement llm:seed-x-i weights, measured / planned" in names
     assert "goal" in done.stdout
     assert "met" in done.stdout
