@@ -6,6 +6,16 @@ the gateway frees everything the request produced with one :meth:`BlobStore.rele
 completes. Tensors are stored as raw little-endian bytes (no pickle, no torch) with dtype, shape
 and a CRC32 in the reference; :meth:`BlobStore.get_tensor` refuses bytes that do not match.
 
+Through a Sentinel-managed Redis a store also waits (``WAIT 1``, at most
+:data:`REPLICA_WAIT_MS`) until a replica holds the blob: the event that points to it is written
+after it, and a gateway may read that event from the master just before the master dies; the
+replica promoted in its place must then hold the blob too, or the answer is lost although its
+event arrived (found by the failover test: an image request answered 500 blob_missing). If the
+master dies during the wait, the store fails like any write to a dead Redis and the job is
+re-run. Jobs and events need no such wait: a lost job is enqueued again and a lost event re-run
+(see :mod:`workers.lost_jobs`). Without any replica the wait ends at its timeout (each blob store
+of a master left alone after a failover takes that long: keep two replicas).
+
 A store Redis refuses for want of memory (``maxmemory``, noeviction) raises
 :class:`~workers.errors.StoreFull` at once on the gateway (a 503 at admission); a worker's store
 for a job (:meth:`BlobStore.until` the job's deadline) retries with backoff until then.
@@ -22,7 +32,7 @@ from numpy.typing import NDArray
 from redis.asyncio import Redis
 
 from workers import keys
-from workers.connection import retry_while_full, unavailable_on_disconnect
+from workers.connection import SentinelMasterRedis, retry_while_full, unavailable_on_disconnect
 from workers.errors import BlobCorrupt, BlobMissing
 from workers.protocol import BlobRef, TensorDType, new_id
 from workers.settings import QueueSettings
@@ -30,6 +40,11 @@ from workers.settings import QueueSettings
 logger = logging.getLogger(__name__)
 
 _TENSOR_DTYPES: frozenset[str] = frozenset(get_args(TensorDType))
+
+REPLICA_WAIT_MS = 1500
+"""The longest a blob store waits for a replica's acknowledgement: above the second a replica
+takes to reconnect after its link dropped (its replication tick), so a blob written meanwhile is
+acknowledged once it has it rather than let through unreplicated."""
 
 
 def checksum(data: bytes | memoryview) -> str:
@@ -150,15 +165,15 @@ class BlobStore:
 
     async def _store_once(self, ref: BlobRef, data: bytes, owner: str | None, ttl_ms: int) -> None:
         async with unavailable_on_disconnect("storing a blob"):
-            if owner is None:
-                await self._redis.set(ref.key, data, px=ttl_ms)
-                return
-            owner_key = keys.blob_owner_key(owner)
             pipe = self._redis.pipeline(transaction=False)
             pipe.set(ref.key, data, px=ttl_ms)
-            pipe.sadd(owner_key, ref.key)
-            pipe.pexpire(owner_key, ttl_ms, gt=True)
-            pipe.pexpire(owner_key, ttl_ms, nx=True)
+            if owner is not None:
+                owner_key = keys.blob_owner_key(owner)
+                pipe.sadd(owner_key, ref.key)
+                pipe.pexpire(owner_key, ttl_ms, gt=True)
+                pipe.pexpire(owner_key, ttl_ms, nx=True)
+            if isinstance(self._redis, SentinelMasterRedis):
+                pipe.wait(1, REPLICA_WAIT_MS)
             await pipe.execute()
 
     @staticmethod

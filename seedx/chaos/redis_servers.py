@@ -254,6 +254,34 @@ class SentinelSet:
                 return server
         raise RuntimeError(f"no live server is master of {self.name} (sentinels say {port})")
 
+    def kill_master(self, lose_writes_s: float = 0.0) -> int:
+        """SIGKILL the current master; returns its port.
+
+        ``lose_writes_s`` > 0: first cut the replica's link (``CLIENT KILL TYPE replica``; the
+        replica reconnects only at its next once-a-second replication tick), then kill the
+        master that long later: the writes of that window never reach the replica that is
+        promoted, as asynchronous replication loses them to a master's crash in production
+        (on one machine, a replica that stays connected has every write in its socket
+        buffer, so a plain kill loses nothing)."""
+        master = self.master()
+        if lose_writes_s > 0:
+            import redis
+
+            client = redis.Redis(
+                port=master.port,
+                username="default" if self.admin_password else None,
+                password=self.admin_password,
+                socket_timeout=1.0,
+                **self.client_kwargs(),
+            )
+            try:
+                client.client_kill_filter(_type="replica")
+            finally:
+                client.close()
+            time.sleep(lose_writes_s)
+        master.kill()
+        return master.port
+
     def wait_in_sync(self, timeout_s: float = 20.0) -> None:
         """Until the replica has caught up and every sentinel knows it (a failover needs it)."""
         deadline = time.monotonic() + timeout_s
@@ -437,11 +465,9 @@ class Backbone:
         """For ``redis.Redis.from_url(admin_url(), ...)`` (the URL's scheme says TLS)."""
         return {"ssl_ca_certs": str(self.tls.ca)}
 
-    def kill_master(self) -> int:
-        """SIGKILL the current master; returns its port."""
-        master = self.servers.master()
-        master.kill()
-        return master.port
+    def kill_master(self, lose_writes_s: float = 0.0) -> int:
+        """SIGKILL the current master (see :meth:`SentinelSet.kill_master`)."""
+        return self.servers.kill_master(lose_writes_s)
 
     def revive(self) -> None:
         self.servers.revive()

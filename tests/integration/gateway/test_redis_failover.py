@@ -14,6 +14,7 @@ Needs Debian's ``redis-server``; skipped without it.
 
 from __future__ import annotations
 
+import gc
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,7 +61,18 @@ def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
         servers.close()
 
 
-async def test_failover_under_load_loses_nothing(sentinel_set: SentinelSet) -> None:
+# redis-py's connection pools lose track of a connection now and then while Sentinel moves the
+# master (a socket to the dead master garbage-collected unclosed: a ResourceWarning, about one run
+# in six; the pools of the sentinels' clients hold one connection each for the same reason).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(
+    "lose_writes_s",
+    [0.0, 0.5],
+    ids=["replica-in-sync", "last-writes-lost"],
+)
+async def test_failover_under_load_loses_nothing(
+    sentinel_set: SentinelSet, lose_writes_s: float
+) -> None:
     redis_settings = fast_redis_settings(
         sentinel_set.url("seedx", PASSWORD), client_name="seedx-failover-test"
     )
@@ -79,7 +91,7 @@ async def test_failover_under_load_loses_nothing(sentinel_set: SentinelSet) -> N
         async with httpx.AsyncClient(transport=transport, base_url="http://g", headers=AUTH) as c:
             figures = await load_through(
                 c,
-                lambda: sentinel_set.master().kill(),
+                lambda: sentinel_set.kill_master(lose_writes_s),
                 chat=CHAT,
                 image={"prompt": "x", "response_format": "b64_json"},
             )
@@ -90,6 +102,7 @@ async def test_failover_under_load_loses_nothing(sentinel_set: SentinelSet) -> N
     assert figures["recovery_s"] < RECOVERY_BOUND_S, figures
     assert set(figures["statuses"]["during"]) <= {"200", "503"}, figures
     assert set(figures["statuses"]["after"]) == {"200"}, figures
+    gc.collect()  # such a socket: collected here, under this test's filter, not in a later test
     master = sentinel_set.master()
     admin = Redis(port=master.port, username="default", password=ADMIN_PASSWORD)
     try:
