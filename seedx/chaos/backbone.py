@@ -154,16 +154,26 @@ def _backbone(stack: Stack) -> Backbone:
     return stack.redis
 
 
+LOSE_WRITES_S = 0.5
+
+
 async def redis_failover(stack: Stack) -> Figures:
-    """SIGKILL the master under chat + image load; the set is revived afterwards (the old
-    master rejoins as a replica) so the next scenario can fail over again."""
+    """SIGKILL the master under chat + image load, its replica's link cut ``LOSE_WRITES_S``
+    before (the writes of that window are lost with the master, as asynchronous replication
+    loses them in production); the set is revived afterwards (the old master rejoins as a
+    replica) so the next scenario can fail over again."""
     backbone = _backbone(stack)
     before = metric_sum(await asyncio.to_thread(stack.gateway_metrics), REENQUEUED)
     async with client_for(stack, limits=16) as client:
-        figures = await load_through(client, backbone.kill_master, chat=CHAT_BODY, image=IMAGE_BODY)
+        figures = await load_through(
+            client,
+            lambda: backbone.kill_master(LOSE_WRITES_S),
+            chat=CHAT_BODY,
+            image=IMAGE_BODY,
+        )
     after = metric_sum(await asyncio.to_thread(stack.gateway_metrics), REENQUEUED)
     await asyncio.to_thread(backbone.revive)
-    return {**figures, "reenqueued": after - before}
+    return {**figures, "replica_link_cut_s": LOSE_WRITES_S, "reenqueued": after - before}
 
 
 REENQUEUED = "seedx_lost_jobs_reenqueued_total"
