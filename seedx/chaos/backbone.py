@@ -77,8 +77,8 @@ async def load_through(
     loops = [asyncio.create_task(loop("chat", CHAT_PATH, chat)) for _ in range(chat_loops)]
     loops += [asyncio.create_task(loop("images", IMAGES_PATH, image)) for _ in range(image_loops)]
     await asyncio.sleep(warm_s)
-    disrupted_at = time.monotonic()
     await asyncio.to_thread(disrupt)
+    disrupted_at = time.monotonic()  # once done: a kill may first cut the replica's link
     probing = asyncio.create_task(probe()) if probe is not None else None
     if restore is not None:
         await asyncio.sleep(max(0.0, disrupted_at + hold_s - time.monotonic()))
