@@ -14,12 +14,16 @@ device (median of 3), gives capacity = max_batch / that time; arrivals come at r
 ``L x capacity``. A *step time* is that full batch's sampling time divided by its steps.
 Issue 25's goals at load 0.7 on the CPU tiny model: step-level p99 queue wait <= 1.5 step
 times, images/s not below batch-level, p99 end-to-end >= 1.5x better.
+
+The capacity run also measures the step time at every row count (1..max_batch): beside each
+policy's measured row the report prints its *ideal* row, the same trace on a scheduler that
+costs nothing (``workers.diffusion.load_model``), so a miss reads as queueing (the ideal misses
+too) or as the implementation (measured worse than ideal).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -29,9 +33,11 @@ import torch
 
 from engine.pipeline_inputs import GenerateJob
 from engine.pipelines import DetokenizerPipeline
-from engine.sampling import SamplingOptions
+from engine.sampling import SamplingJob, SamplingOptions
 from workers.diffusion.batching import BatchPolicy
 from workers.diffusion.dispatcher import BatchDispatcher, Ticket
+from workers.diffusion.load_model import Device, PolicyResult, ideal, poisson_trace
+from workers.diffusion.load_model import percentile as percentile
 from workers.diffusion.requests import DiffusionRequest
 from workers.diffusion.runner import BatchRunner, Failure, Finished, Output
 from workers.diffusion.settings import DiffusionWorkerSettings
@@ -41,20 +47,12 @@ POLICIES = ("batch", "step")
 
 @dataclass(frozen=True)
 class Capacity:
-    """The device alone: seconds per denoising step and images/s, at a full batch."""
+    """The device alone: seconds per denoising step and images/s, at a full batch; ``device``:
+    the step time at each row count and the per-job rest, for the ideal replay."""
 
     step_s: float
     images_per_s: float
-
-
-@dataclass(frozen=True)
-class PolicyResult:
-    """One policy's replay of the trace (seconds, except ``wait_steps``)."""
-
-    policy: str
-    wait_steps: list[float]
-    latency_s: list[float]
-    images_per_s: float
+    device: Device
 
 
 @dataclass
@@ -78,36 +76,40 @@ def measure_capacity(
 ) -> Capacity:
     """A full batch through the worker's runner (preparation, sampling, decoding: what the
     worker pays per job), median of three after one warm-up; the step time is the median
-    sampling time of the same batch alone, divided by its steps. Medians, not minima: on a
-    shared machine the best run overstates what the replays get, and the load with it."""
+    sampling time of the same batch alone, divided by its steps, and likewise at every smaller
+    row count (the ideal replay's curve). What the full batch's run costs beyond its sampling,
+    per job, is the ideal replay's per-job cost. Medians, not minima: on a shared machine the
+    best run overstates what the replays get, and the load with it."""
     runner = BatchRunner(pipeline, decode_batch=settings.decode_batch)
     batch = [_request(embeds[i % len(embeds)], i, options) for i in range(settings.max_batch)]
     jobs = pipeline.prepare_generate(
         [job for request in batch if isinstance(job := request.engine_job, GenerateJob)]
     )
     runner.run([_Item(request) for request in batch])
+    steps = options.num_inference_steps
     total_s, sample_s = [], []
     for _ in range(3):
         started = time.perf_counter()
         runner.run([_Item(request) for request in batch])
         total_s.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        pipeline.sample(jobs, options)
-        sample_s.append(time.perf_counter() - started)
-    steps = options.num_inference_steps
-    return Capacity(
-        statistics.median(sample_s) / steps, settings.max_batch / statistics.median(total_s)
-    )
+        sample_s.append(_sample_s(pipeline, jobs, options))
+    curve = [
+        statistics.median(_sample_s(pipeline, jobs[:rows], options) for _ in range(3))
+        for rows in range(1, settings.max_batch)
+    ]
+    step_s = statistics.median(sample_s) / steps
+    job_s = max(0.0, statistics.median(total_s) - statistics.median(sample_s)) / settings.max_batch
+    device = Device((*(t / steps for t in curve), step_s), job_s)
+    return Capacity(step_s, settings.max_batch / statistics.median(total_s), device)
 
 
-def poisson_trace(jobs: int, rate: float, seed: int) -> list[float]:
-    """Arrival times (seconds from the start) of ``jobs`` jobs at ``rate`` per second."""
-    rng = random.Random(seed)
-    arrivals, now = [], 0.0
-    for _ in range(jobs):
-        arrivals.append(now)
-        now += rng.expovariate(rate)
-    return arrivals
+def _sample_s(
+    pipeline: DetokenizerPipeline, jobs: list[SamplingJob], options: SamplingOptions
+) -> float:
+    """Seconds to sample ``jobs`` as one batch."""
+    started = time.perf_counter()
+    pipeline.sample(jobs, options)
+    return time.perf_counter() - started
 
 
 def _request(embed: np.ndarray, seed: int, options: SamplingOptions) -> DiffusionRequest:
@@ -169,10 +171,6 @@ async def replay(
     return PolicyResult(settings.batching, waits, latency, len(tickets) / span)
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
 def run_load_bench(
     pipeline: DetokenizerPipeline,
     settings: DiffusionWorkerSettings,
@@ -184,7 +182,8 @@ def run_load_bench(
 ) -> tuple[Capacity, list[PolicyResult]]:
     """Capacity, then the same trace against each policy of :data:`POLICIES`, alternating,
     ``repeats`` times: on a shared machine a drift in contention then hits both policies alike.
-    A policy's waits and latencies are pooled over its repeats; its images/s is their median."""
+    A policy's waits and latencies are pooled over its repeats; its images/s is their median.
+    Each result carries its ideal replay (same trace, measured step-time curve)."""
     capacity = measure_capacity(pipeline, embeds, options, settings)
     arrivals = poisson_trace(len(embeds), load * capacity.images_per_s, seed)
     runs: dict[str, list[PolicyResult]] = {name: [] for name in POLICIES}
@@ -200,6 +199,7 @@ def run_load_bench(
             [w for run in runs[name] for w in run.wait_steps],
             [s for run in runs[name] for s in run.latency_s],
             statistics.median(run.images_per_s for run in runs[name]),
+            ideal(name, arrivals, capacity.device, options.num_inference_steps, capacity.step_s),
         )
         for name in POLICIES
     ]
@@ -207,26 +207,42 @@ def run_load_bench(
 
 
 def report(capacity: Capacity, results: list[PolicyResult]) -> list[str]:
-    """The table of the module docstring, and the ratios the goals are about."""
+    """The table of the module docstring (each policy's measured row, then its ideal row), and
+    the ratios the goals are about, measured and ideal."""
+    curve = ", ".join(f"{t * 1000:.1f}" for t in capacity.device.step_s_by_rows)
     lines = [
         f"capacity {capacity.images_per_s:.2f} images/s at a full batch; "
         f"step time {capacity.step_s * 1000:.1f} ms",
-        f"{'policy':<8}{'wait p50':>10}{'wait p99':>10}{'e2e p50 s':>11}{'e2e p99 s':>11}"
+        f"ideal replay: step ms at 1..{capacity.device.max_batch} rows {curve}; "
+        f"{capacity.device.job_s * 1000:.1f} ms per job besides",
+        f"{'policy':<14}{'wait p50':>10}{'wait p99':>10}{'e2e p50 s':>11}{'e2e p99 s':>11}"
         f"{'images/s':>10}",
     ]
     for r in results:
-        waits = (percentile(r.wait_steps, 50), percentile(r.wait_steps, 99))
-        latency = (percentile(r.latency_s, 50), percentile(r.latency_s, 99))
-        lines.append(
-            f"{r.policy:<8}{waits[0]:>10.2f}{waits[1]:>10.2f}{latency[0]:>11.3f}"
-            f"{latency[1]:>11.3f}{r.images_per_s:>10.2f}"
-        )
+        lines.append(_row(r.policy, r))
+        if r.ideal is not None:
+            lines.append(_row(f"{r.policy} ideal", r.ideal))
     by = {r.policy: r for r in results}
     batch, step = by["batch"], by["step"]
+    lines.append(f"step vs batch: {_goals(batch, step)}")
+    if batch.ideal is not None and step.ideal is not None:
+        lines.append(f"ideal: {_goals(batch.ideal, step.ideal)}")
+    return lines
+
+
+def _row(label: str, r: PolicyResult) -> str:
+    waits = (percentile(r.wait_steps, 50), percentile(r.wait_steps, 99))
+    latency = (percentile(r.latency_s, 50), percentile(r.latency_s, 99))
+    return (
+        f"{label:<14}{waits[0]:>10.2f}{waits[1]:>10.2f}{latency[0]:>11.3f}"
+        f"{latency[1]:>11.3f}{r.images_per_s:>10.2f}"
+    )
+
+
+def _goals(batch: PolicyResult, step: PolicyResult) -> str:
     better = percentile(batch.latency_s, 99) / percentile(step.latency_s, 99)
-    lines.append(
-        f"step vs batch: p99 e2e {better:.2f}x better (goal >= 1.5), images/s ratio "
+    return (
+        f"p99 e2e {better:.2f}x better (goal >= 1.5), images/s ratio "
         f"{step.images_per_s / batch.images_per_s:.2f} (goal >= 1), step p99 queue wait "
         f"{percentile(step.wait_steps, 99):.2f} step times (goal <= 1.5)"
     )
-    return lines

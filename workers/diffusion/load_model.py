@@ -1,0 +1,122 @@
+"""The load benchmark's trace replayed on an *ideal* scheduler: the best any implementation of a
+batching policy can do (issue 25).
+
+A measured replay (``workers.diffusion.load_bench``) that misses a goal misses it either because
+of queueing (the goal is out of reach for that policy at that load, however it is implemented)
+or because of the implementation (it loses time the policy does not have to lose). This
+discrete-event simulation separates the two: the same seeded arrivals, a device whose step time
+depends only on how many rows it denoises (``step_s_by_rows``, measured by the bench), and a
+scheduler that costs nothing and never hesitates:
+
+* ``batch``: when the device is idle, every waiting job (oldest first, at most ``max_batch``)
+  starts one batch, which runs all its steps; a job arriving meanwhile waits for the whole batch.
+* ``step``: at every step boundary waiting jobs join (oldest first) while rows are free; a row
+  leaves after its last step.
+
+Preparation and decoding are one constant device cost per job (``job_s``: the measured full
+batch's run minus its sampling, divided by its rows), paid in the step where the job finishes;
+with it a full batch takes exactly what the capacity measurement measured. No batching window
+(``batch_wait_s``), no lone-decode penalty, no Python between steps: a measured row worse than
+its ideal row is the implementation's loss; an ideal row that misses a goal is queueing's.
+Pure Python (no torch), so it is cheap to sweep loads and batch sizes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+POLICIES = ("batch", "step")
+
+
+@dataclass(frozen=True)
+class Device:
+    """Seconds per denoising step at 1..max_batch rows (index 0 = 1 row), and per-job cost."""
+
+    step_s_by_rows: tuple[float, ...]
+    job_s: float = 0.0
+
+    @property
+    def max_batch(self) -> int:
+        return len(self.step_s_by_rows)
+
+    def step_s(self, rows: int) -> float:
+        return self.step_s_by_rows[rows - 1]
+
+    def capacity(self, steps: int) -> float:
+        """Images/s of back-to-back full batches: what the bench calls capacity."""
+        return self.max_batch / (steps * self.step_s(self.max_batch) + self.max_batch * self.job_s)
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """One policy's run of the trace (seconds, except ``wait_steps``); measured runs carry the
+    ideal run of the same trace (:func:`ideal`) for comparison."""
+
+    policy: str
+    wait_steps: list[float]
+    latency_s: list[float]
+    images_per_s: float
+    ideal: PolicyResult | None = None
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def poisson_trace(jobs: int, rate: float, seed: int) -> list[float]:
+    """Arrival times (seconds from the start) of ``jobs`` jobs at ``rate`` per second."""
+    rng = random.Random(seed)
+    arrivals, now = [], 0.0
+    for _ in range(jobs):
+        arrivals.append(now)
+        now += rng.expovariate(rate)
+    return arrivals
+
+
+def ideal(
+    policy: str, arrivals: list[float], device: Device, steps: int, step_s: float
+) -> PolicyResult:
+    """The trace (sorted arrival times) on the ideal scheduler of ``policy``, in the bench's
+    figures: queue wait (arrival -> joined a batch) in units of ``step_s``, end-to-end latency
+    (arrival -> image done), images/s over the trace (first arrival -> last image)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+    started = [0.0] * len(arrivals)
+    finished = [0.0] * len(arrivals)
+    waiting: deque[int] = deque()
+    running: dict[int, int] = {}  # job -> steps left
+    upcoming = 0  # next job of the trace not yet arrived
+    now = 0.0
+    while upcoming < len(arrivals) or waiting or running:
+        if not waiting and not running:
+            now = max(now, arrivals[upcoming])  # idle: the device waits for the next job
+        while upcoming < len(arrivals) and arrivals[upcoming] <= now:
+            waiting.append(upcoming)
+            upcoming += 1
+        # A batch-level batch forms only on an idle device; step-level joins at every boundary.
+        if policy == "step" or not running:
+            while waiting and len(running) < device.max_batch:
+                job = waiting.popleft()
+                started[job] = now
+                running[job] = steps
+        if policy == "batch":
+            now += steps * device.step_s(len(running)) + len(running) * device.job_s
+            done = list(running)
+        else:
+            done = [job for job, left in running.items() if left == 1]
+            now += device.step_s(len(running)) + len(done) * device.job_s
+            for job in running:
+                running[job] -= 1
+        for job in done:
+            finished[job] = now
+            del running[job]
+    return PolicyResult(
+        policy,
+        [(start - at) / step_s for start, at in zip(started, arrivals, strict=True)],
+        [end - at for end, at in zip(finished, arrivals, strict=True)],
+        len(arrivals) / (max(finished) - arrivals[0]),
+    )
