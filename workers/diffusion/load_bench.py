@@ -79,7 +79,9 @@ def measure_capacity(
     sampling time of the same batch alone, divided by its steps, and likewise at every smaller
     row count (the ideal replay's curve). What the full batch's run costs beyond its sampling,
     per job, is the ideal replay's per-job cost. Medians, not minima: on a shared machine the
-    best run overstates what the replays get, and the load with it."""
+    best run overstates what the replays get, and the load with it. The three rounds each
+    measure every row count, so a burst of contention spoils one sample of several row counts,
+    not all three samples of one (which a median cannot hide)."""
     runner = BatchRunner(pipeline, decode_batch=settings.decode_batch)
     batch = [_request(embeds[i % len(embeds)], i, options) for i in range(settings.max_batch)]
     jobs = pipeline.prepare_generate(
@@ -87,20 +89,20 @@ def measure_capacity(
     )
     runner.run([_Item(request) for request in batch])
     steps = options.num_inference_steps
-    total_s, sample_s = [], []
+    total_s: list[float] = []
+    sample_s: list[list[float]] = [[] for _ in jobs]  # [rows - 1] -> seconds per round
     for _ in range(3):
         started = time.perf_counter()
         runner.run([_Item(request) for request in batch])
         total_s.append(time.perf_counter() - started)
-        sample_s.append(_sample_s(pipeline, jobs, options))
-    curve = [
-        statistics.median(_sample_s(pipeline, jobs[:rows], options) for _ in range(3))
-        for rows in range(1, settings.max_batch)
-    ]
-    step_s = statistics.median(sample_s) / steps
-    job_s = max(0.0, statistics.median(total_s) - statistics.median(sample_s)) / settings.max_batch
-    device = Device((*(t / steps for t in curve), step_s), job_s)
-    return Capacity(step_s, settings.max_batch / statistics.median(total_s), device)
+        for rows, samples in enumerate(sample_s, start=1):
+            samples.append(_sample_s(pipeline, jobs[:rows], options))
+    curve = tuple(statistics.median(samples) / steps for samples in sample_s)
+    full_sample_s = statistics.median(sample_s[-1])
+    job_s = max(0.0, statistics.median(total_s) - full_sample_s) / settings.max_batch
+    return Capacity(
+        curve[-1], settings.max_batch / statistics.median(total_s), Device(curve, job_s)
+    )
 
 
 def _sample_s(

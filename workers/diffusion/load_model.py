@@ -120,3 +120,59 @@ def ideal(
         [end - at for end, at in zip(finished, arrivals, strict=True)],
         len(arrivals) / (max(finished) - arrivals[0]),
     )
+
+
+def sweep(
+    device: Device, steps: int, jobs: int, load: float, seeds: range
+) -> tuple[float, float, float]:
+    """The goal ratios of issue 25 on ``len(seeds)`` traces, each the median over the traces:
+    step-level p99 queue wait (step times at a full batch), batch ÷ step p99 end-to-end,
+    step ÷ batch images/s."""
+    step_s = device.step_s(device.max_batch)
+    figures = []
+    for seed in seeds:
+        arrivals = poisson_trace(jobs, load * device.capacity(steps), seed)
+        batch, step = (ideal(name, arrivals, device, steps, step_s) for name in POLICIES)
+        figures.append(
+            (
+                percentile(step.wait_steps, 99),
+                percentile(batch.latency_s, 99) / percentile(step.latency_s, 99),
+                step.images_per_s / batch.images_per_s,
+            )
+        )
+    wait, better, ratio = (float(np.median(column)) for column in zip(*figures, strict=True))
+    return wait, better, ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workers.diffusion.load_model``: the goals on the ideal scheduler for a step
+    time curve (ms at 1, 2, ... rows, as the load bench prints it) over max batches and loads."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument(
+        "--curve-ms", required=True, help="step ms at 1,2,... rows, comma-separated"
+    )
+    parser.add_argument("--job-ms", type=float, default=0.0, help="per-job device ms besides steps")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=60)
+    parser.add_argument("--seeds", type=int, default=50, help="traces (seeds 0..N-1)")
+    parser.add_argument("--max-batch", default="4,8,16", help="comma-separated")
+    parser.add_argument("--load", default="0.5,0.7", help="comma-separated")
+    args = parser.parse_args(argv)
+    curve = tuple(float(ms) / 1000 for ms in args.curve_ms.split(","))
+    print(f"ideal scheduler, {args.steps} steps, {args.jobs} jobs, median over seeds "
+          f"0..{args.seeds - 1}")  # fmt: skip
+    print(f"{'max batch':>9}{'load':>6}{'step p99 wait':>15}{'p99 e2e x':>11}{'images/s x':>12}")
+    for max_batch in (int(b) for b in args.max_batch.split(",")):
+        if max_batch > len(curve):
+            raise SystemExit(f"--curve-ms has {len(curve)} points, --max-batch {max_batch}")
+        device = Device(curve[:max_batch], args.job_ms / 1000)
+        for load in (float(x) for x in args.load.split(",")):
+            wait, better, ratio = sweep(device, args.steps, args.jobs, load, range(args.seeds))
+            print(f"{max_batch:>9}{load:>6.2f}{wait:>15.2f}{better:>11.2f}{ratio:>12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from workers.diffusion.load_bench import Capacity, report
-from workers.diffusion.load_model import Device, PolicyResult, ideal, poisson_trace
+from workers.diffusion.load_model import Device, PolicyResult, ideal, main, poisson_trace
 
 STEPS = 10
 FLAT = Device((1.0, 1.0, 1.0, 1.0))  # one second per step whatever the rows, nothing per job
@@ -90,3 +90,19 @@ def test_the_report_prints_each_policys_ideal_row_beside_its_measured_row() -> N
     assert lines[7].startswith("step vs batch: p99 e2e 1.00x better")
     # ideal p99 end-to-end: batch 17.5 - 0.01 x 7.5, step 10.5 - 0.01 x 0.5 (numpy's percentile)
     assert lines[8].startswith(f"ideal: p99 e2e {17.425 / 10.495:.2f}x better")
+
+
+def test_the_sweep_prints_the_goals_per_max_batch_and_load(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--curve-ms", "10,10", "--max-batch", "1,2", "--load", "0.1,0.5", "--seeds", "3"]
+    assert main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[:2] for row in rows] == [["1", "0.10"], ["1", "0.50"], ["2", "0.10"], ["2", "0.50"]]
+    # One row at a time: both policies are the same schedule.
+    assert [row[3:] for row in rows[:2]] == [["1.00", "1.00"], ["1.00", "1.00"]]
+
+
+def test_the_sweep_refuses_a_max_batch_beyond_the_curve() -> None:
+    with pytest.raises(SystemExit, match="2 points"):
+        main(["--curve-ms", "10,10", "--max-batch", "4"])
