@@ -309,16 +309,25 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def check_redis(url: str) -> None:
-    """``--redis-url`` answers PING, or a StartupError saying so (no worker started in vain)."""
-    import redis
+    """``--redis-url`` answers PING, or a StartupError saying why (no worker loads in vain).
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise StartupError(f"--redis-url: no Redis answers there ({exc})") from exc
-    finally:
-        client.close()
+    Through the client the stack itself builds (``workers.connection.create_redis``), so a
+    ``redis+sentinel://`` URL is followed to its master, and with the gateway's own Redis
+    settings from the environment (``SEEDX_GATEWAY_REDIS__SSL_CA_CERTS`` and the like, which
+    ``seedx serve`` passes on to the gateway): the check sees Redis as the gateway will.
+    """
+    from workers import startup
+    from workers.settings import RedisSettings
+
+    prefix = "SEEDX_GATEWAY_REDIS__"
+    named = {
+        name.removeprefix(prefix).lower(): value
+        for name, value in os.environ.items()
+        if name.startswith(prefix)
+    }
+    fields = {name: value for name, value in named.items() if name in RedisSettings.model_fields}
+    fields.update(url=url, connect_timeout_s=3.0, socket_timeout_s=3.0)
+    asyncio.run(startup.check_redis(RedisSettings(**fields), reachable_now=True))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -50,11 +50,13 @@ def listening_socket(host: str, port: int, hint: str = "") -> socket.socket:
     return sock
 
 
-async def check_redis(settings: RedisSettings) -> None:
+async def check_redis(settings: RedisSettings, *, reachable_now: bool = False) -> None:
     """One PING at start-up, without retries: a rejected password or a server certificate that
     does not verify is a :class:`StartupError` naming it (a restart sends the same password
     again), not a reconnect loop. An unreachable Redis is only logged: it may come up later,
-    and the gateway and workers reconnect to it on their own."""
+    and the gateway and workers reconnect to it on their own. ``reachable_now``: unreachable is
+    a StartupError too (``seedx serve --redis-url``: a user who named a Redis that does not
+    answer wants to hear it before any worker loads a model)."""
     import ssl
 
     from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
@@ -89,6 +91,8 @@ async def check_redis(settings: RedisSettings) -> None:
                 f"TLS to Redis at {where} failed ({_tls_reason(cause)}): check the "
                 "ssl_ca_certs, ssl_certfile and ssl_keyfile settings"
             ) from exc
+        if reachable_now:
+            raise StartupError(f"no Redis answers at {where} ({exc})") from exc
         logger.warning(
             "Redis at %s is not reachable yet (%s); retrying in the background", where, exc
         )

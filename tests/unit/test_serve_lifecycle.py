@@ -234,3 +234,25 @@ def test_the_embedded_valkey_answers_and_stops() -> None:
     finally:
         valkey.stop()
     assert valkey._process is None
+
+
+def test_redis_url_check_follows_sentinel_and_refuses_silence(tmp_path: Path) -> None:
+    """``seedx serve --redis-url`` is checked through the stack's own client: a
+    ``redis+sentinel://`` URL reaches its master (it was refused as an unknown scheme), and a
+    URL nobody answers at stops serve with a line naming it, before any worker starts."""
+    import shutil
+
+    from seedx.chaos.redis_servers import SentinelSet, free_port
+    from seedx.serve import check_redis
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server")
+    servers = SentinelSet(tmp_path / "redis")
+    try:
+        servers.wait_in_sync()
+        check_redis(servers.url())
+    finally:
+        servers.close()
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(StartupError, match=r"no Redis answers at redis://127\.0\.0\.1"):
+        check_redis(nobody)
