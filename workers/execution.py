@@ -3,14 +3,17 @@
 Before starting, the job is dead-lettered if it was delivered too often, or refused if it was
 cancelled or its deadline passed; then ``Started`` is sent, the handler's events are forwarded,
 and the terminal event is sent together with the acknowledgement. A job whose events cannot be
-written (Redis unreachable) is abandoned unacknowledged: its lease runs out and another attempt
-picks it up, so nothing accepted is lost. So is a job whose handler raised
-:class:`~workers.handler.EngineDied` (the worker's engine is gone, not the job at fault), and the
-executor tells the worker (``on_engine_died``), which leaves.
+written (Redis unreachable) is abandoned unacknowledged and handed back as soon as Redis answers
+again, so the next reclaim pass starts another attempt within seconds of the outage (without the
+hand-back its lease would have to run out), and nothing accepted is lost. A job whose handler
+raised :class:`~workers.handler.EngineDied` (the worker's engine is gone, not the job at fault)
+is left unacknowledged too, and the executor tells the worker (``on_engine_died``), which
+leaves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -19,7 +22,12 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 
 from workers import keys, metrics
-from workers.connection import CONNECTION_ERRORS, STORE_FULL_ERRORS, retry_while_full
+from workers.connection import (
+    CONNECTION_ERRORS,
+    STORE_FULL_ERRORS,
+    Backoff,
+    retry_while_full,
+)
 from workers.consumer import Delivery, StreamConsumer
 from workers.errors import (
     Cancelled,
@@ -73,9 +81,11 @@ class JobExecutor:
         worker_id: str,
         stage: keys.Stage,
         on_engine_died: Callable[[str], None] | None = None,
+        on_handed_back: Callable[[], None] | None = None,
     ) -> None:
         self._redis = redis
         self._on_engine_died = on_engine_died
+        self._on_handed_back = on_handed_back
         self._settings = settings
         self._consumer = consumer
         self._handler = handler
@@ -93,8 +103,9 @@ class JobExecutor:
             try:
                 outcome = await self._run_job(delivery, job, ctx, writer)
             except _ABANDON_ERRORS as exc:
-                logger.warning("abandoning job (it will be reclaimed after its lease): %s", exc)
+                logger.warning("abandoning job (reclaimable once Redis answers again): %s", exc)
                 outcome = "abandoned"
+                await self._hand_back(delivery)
             except EngineDied as exc:
                 logger.error("engine died while running the job; leaving it for reclaim: %s", exc)
                 outcome = "abandoned"
@@ -105,6 +116,29 @@ class JobExecutor:
                 outcome = "abandoned"
             metrics.JOBS.labels(self._stage, outcome).inc()
             self.processed += 1
+
+    async def _hand_back(self, delivery: Delivery) -> None:
+        """Make an abandoned job reclaimable as soon as Redis answers again.
+
+        Its events could not be written (Redis restarting, a Sentinel failover), and some that
+        were written may be gone with an old master, so this attempt cannot go on: a new attempt
+        regenerates the answer from its start, and the gateway's subscription delivers only what
+        the client has not had. Handing the job back (its idle time set past the lease) lets the
+        next reclaim pass of any worker start that attempt seconds after the outage, where
+        waiting for the lease to run out would hold the request for a whole ``lease_s``. Tried
+        for one lease; after that the lease has run out anyway. An entry the new master never
+        had is not this worker's to hand back: the lost-job watch of the gateway re-enqueues it.
+        """
+        backoff = Backoff(self._settings.reconnect_backoff_cap_s)
+        give_up_at = time.monotonic() + self._settings.lease_s
+        while time.monotonic() < give_up_at:
+            try:
+                await self._consumer.release([delivery.entry_id])
+                if self._on_handed_back is not None:
+                    self._on_handed_back()
+                return
+            except CONNECTION_ERRORS:
+                await asyncio.sleep(backoff.next_delay())
 
     async def _run_job(
         self, delivery: Delivery, job: Job, ctx: JobContext, writer: ReplyWriter

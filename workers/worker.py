@@ -120,6 +120,7 @@ class Worker:
             worker_id=self.worker_id,
             stage=stage,
             on_engine_died=self.fail,
+            on_handed_back=self._reclaim_soon,
         )
         self._alive = alive
         self._failure: str | None = None
@@ -255,6 +256,11 @@ class Worker:
                 return
             elif burst:
                 await self._wait_for_slot()
+
+    def _reclaim_soon(self) -> None:
+        """A job was handed back after an outage: look for reclaimable jobs at the next turn of
+        the loop, not at the next ``reclaim_interval_s``, so it runs again seconds sooner."""
+        self._next_reclaim = 0.0
 
     async def _next_deliveries(self, free: int, burst: bool) -> list[Delivery]:
         now = time.monotonic()

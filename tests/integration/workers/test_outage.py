@@ -202,3 +202,42 @@ async def test_a_worker_heartbeats_again_soon_after_redis_returns(
             assert time.monotonic() - back < 1.0
     finally:
         await admin.aclose()
+
+
+async def test_a_job_cut_off_by_an_outage_runs_again_soon_not_a_lease_later(
+    private_valkey: PrivateValkey,
+) -> None:
+    """Redis goes away while a job streams: its worker cannot write the job's events and
+    abandons that attempt, then hands the job back as soon as Redis answers, so it runs again
+    at once (new attempt, deduplicated by the gateway) instead of after its 30 s lease; what a
+    failover or a Redis restart costs a request in flight is the outage, not a lease."""
+    redis_settings = fast_redis_settings(private_valkey.url)
+    settings = fast_queue_settings(
+        lease_s=30.0, reclaim_interval_s=30.0, reply_outage_s=20.0, max_deliveries=3
+    )
+    attempts: list[int] = []
+
+    async def handler(job: Job, ctx: JobContext) -> AsyncIterator[Event]:
+        attempts.append(ctx.attempt)
+        for index in range(20):
+            await asyncio.sleep(0.1)
+            yield TextDelta(text=f"w{index} ")
+
+    async with (
+        gateway(redis_settings, settings) as gw,
+        running_worker(redis_settings, settings, handler),
+    ):
+        events = await gw.submit(chat_job(gw.reply_to, deadline_s=60))
+        first = await next_event(events, timeout=10)  # Started: the first attempt runs
+        assert first.event.type == "started"
+        await asyncio.to_thread(private_valkey.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(private_valkey.start)
+        back = time.monotonic()
+        replies = [first, *await collect(events, timeout=60)]
+        answered_s = time.monotonic() - back
+    text = "".join(r.event.text for r in replies if isinstance(r.event, TextDelta))
+    assert text == "".join(f"w{index} " for index in range(20))
+    assert replies[-1].event.type == "done"
+    assert len(attempts) == 2, attempts
+    assert answered_s < settings.lease_s / 2, answered_s  # the lease did not have to run out
