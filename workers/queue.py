@@ -8,6 +8,13 @@ workers of that stage and model share. The stream is bounded without ever droppi
 - :func:`trim_acknowledged` removes only entries older than both the group's oldest pending
   entry and its last-delivered id (``XTRIM MINID``), i.e. acknowledged history.
 
+Jobs waiting = the group's ``lag``, but never more than the entries in the stream that are not
+pending (``XLEN - pending``): ``lag`` is a counter (entries added minus entries the group read),
+not a count, and after a Sentinel failover the new master's ``entries-read`` can be stale (Redis
+7.0 seen here: lag 343 on an empty stream), which without the bound read as a full queue and
+refused every request until a read that could not come (nothing was enqueued). The bound is
+exact once acknowledged history is trimmed, and never below the true count.
+
 Enqueue is one Lua script, so the depth check, the idempotency record and the ``XADD`` are
 atomic. Every enqueue records an idempotency entry: the client's key for ``idempotency_ttl_s``,
 or else the job id until shortly after the job's deadline, so when redis-py retries an enqueue
@@ -46,9 +53,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     local info = {}
     for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
     if info['name'] == ARGV[1] then
+      local waiting = math.max(0, redis.call('XLEN', KEYS[1]) - info['pending'])
       local lag = info['lag']
-      if not lag then lag = redis.call('XLEN', KEYS[1]) end
-      depth = lag + info['pending']
+      if lag and lag < waiting then waiting = lag end
+      depth = waiting + info['pending']
     end
   end
 end
@@ -62,6 +70,32 @@ local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
 redis.call('SADD', KEYS[3], KEYS[1])
 return {1, id}
+"""
+
+
+# KEYS: stream. ARGV: group. Sets the group's entries-read so that its lag counts the entries
+# after its last-delivered id, when the counter says more than the stream holds (see
+# repair_lag). Returns the corrected lag, or -1 when nothing needed repair.
+_REPAIR_LAG_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local group = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  if info['name'] == ARGV[1] then group = info end
+end
+if group == nil or not group['lag'] then return -1 end
+local holds = redis.call('XLEN', KEYS[1]) - group['pending']
+if group['lag'] <= holds then return -1 end
+local last = group['last-delivered-id']
+local waiting = #redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', math.max(holds, 0))
+local stream = redis.call('XINFO', 'STREAM', KEYS[1])
+local added = nil
+for i = 1, #stream, 2 do
+  if stream[i] == 'entries-added' then added = stream[i + 1] end
+end
+redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', added - waiting)
+return waiting
 """
 
 
@@ -229,6 +263,7 @@ class JobQueue:
             bound = self._settings.max_queue_depth or 100_000
             rest: Any = await self._redis.xrange(stream, min=b"(" + last, count=bound)
             queued = len(rest)
+        queued = min(queued, max(0, length - group["pending"]))  # see the module docstring
         age_s = 0.0
         if head:
             now_ms = now_s * 1000 + now_us // 1000
@@ -256,12 +291,14 @@ async def ensure_group(redis: Redis, stream: str) -> None:
 
 
 async def trim_acknowledged(redis: Redis, stream: str, *, approximate: bool = True) -> int:
-    """Delete acknowledged history only; returns how many entries went.
+    """Delete acknowledged history only; returns how many entries went (a stale lag counter
+    is repaired first: :func:`repair_lag`).
 
     The cut is the oldest pending entry, or the successor of the last delivered id when
     nothing is pending: everything older has been acknowledged. Both values only grow, so a
     cut computed from slightly stale reads is still safe.
     """
+    await repair_lag(redis, stream)
     groups = await redis.xinfo_groups(stream) if await redis.exists(stream) else []
     group = _find_group(groups)
     if group is None or group["last-delivered-id"] == b"0-0":
@@ -272,3 +309,24 @@ async def trim_acknowledged(redis: Redis, stream: str, *, approximate: bool = Tr
     if trimmed:
         logger.debug("trimmed %d acknowledged entries from %s", trimmed, stream)
     return trimmed
+
+
+async def repair_lag(redis: Redis, stream: str) -> int | None:
+    """Correct the worker group's ``lag`` when it counts more entries than the stream holds;
+    returns the corrected lag, or None when it was right.
+
+    ``lag`` is entries added minus the group's ``entries-read``; a new master after a Sentinel
+    failover may carry a stale ``entries-read`` (Redis 7.0 seen here: lag 343 on an empty
+    stream), and since adds and reads then move both sides alike, the error never goes away
+    on its own. Admission and the gateway's queue figures bound it already (the module
+    docstring); this fixes the counter itself, which KEDA's ``lagCount`` trigger reads, so a
+    stage is not held at its maximum replicas by jobs that do not exist. One script: the
+    count and the ``XGROUP SETID ... ENTRIESREAD`` see the same stream. Run by the workers'
+    periodic trim.
+    """
+    script = redis.register_script(_REPAIR_LAG_LUA)
+    fixed = int(await script(keys=[stream], args=[keys.WORKER_GROUP]))
+    if fixed < 0:
+        return None
+    logger.warning("the lag counter of %s was stale (a failover?); repaired to %d", stream, fixed)
+    return fixed

@@ -21,7 +21,7 @@ from workers.consumer import StreamConsumer
 from workers.handler import JobContext
 from workers.heartbeat import WorkerRegistry
 from workers.protocol import Event, Job, TextDelta, WorkerInfo
-from workers.queue import JobQueue, QueueStats, trim_acknowledged
+from workers.queue import JobQueue, QueueStats, repair_lag, trim_acknowledged
 from workers.settings import QueueSettings, RedisSettings
 
 STREAM = keys.job_stream("llm", MODEL)
@@ -42,6 +42,37 @@ async def test_depth_and_lag(redis: Redis, queue_settings: QueueSettings) -> Non
     stats = await queue.stats(STREAM)
     assert (stats.queued, stats.running, stats.consumers) == (2, 1, 1)
     assert await queue.streams() == [STREAM]
+
+
+async def test_a_stale_lag_counter_is_not_a_full_queue(
+    redis: Redis, queue_settings: QueueSettings
+) -> None:
+    """After a Sentinel failover the new master's ``entries-read`` of the group can be stale
+    (seen with Redis 7.0: lag 343 on an empty stream), and admission read that counter as 343
+    queued jobs: every request got 429 "queue full", and nothing could be enqueued to move the
+    counter. Made here with ``XGROUP SETID ... ENTRIESREAD``: the depth is bounded by the
+    entries the stream holds, so the queue reads empty and takes jobs."""
+    settings = queue_settings.model_copy(update={"max_queue_depth": 5})
+    queue = JobQueue(redis, settings)
+    consumer = StreamConsumer(redis, settings, STREAM, "w1")
+    for _ in range(4):
+        await queue.enqueue(chat_job(REPLY_TO))
+    for delivery in await consumer.read(4, None):
+        await redis.xack(STREAM, keys.WORKER_GROUP, delivery.entry_id)
+    await trim_acknowledged(redis, STREAM, approximate=False)
+    await redis.execute_command("XGROUP", "SETID", STREAM, keys.WORKER_GROUP, "$", "ENTRIESREAD", 0)
+    group = (await redis.xinfo_groups(STREAM))[0]
+    assert (await redis.xlen(STREAM), group["lag"]) == (0, 4)  # the stale counter
+    stats = await queue.stats(STREAM)
+    assert (stats.queued, stats.running) == (0, 0)
+    for _ in range(5):  # the bound is 5: all fit, none is refused as "full (4 jobs)"
+        await queue.enqueue(chat_job(REPLY_TO))
+    assert (await queue.stats(STREAM)).queued == 5
+    # the counter itself (what KEDA's lagCount reads) is repaired by the workers' trim
+    assert (await redis.xinfo_groups(STREAM))[0]["lag"] == 9
+    await consumer.trim()
+    assert (await redis.xinfo_groups(STREAM))[0]["lag"] == 5
+    assert await repair_lag(redis, STREAM) is None  # right now: left alone
 
 
 async def test_trimming_never_drops_pending_or_queued_jobs(
