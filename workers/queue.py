@@ -88,7 +88,8 @@ if group == nil or not group['lag'] then return -1 end
 local holds = redis.call('XLEN', KEYS[1]) - group['pending']
 if group['lag'] <= holds then return -1 end
 local last = group['last-delivered-id']
-local waiting = #redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', math.max(holds, 0))
+local waiting = 0
+if holds > 0 then waiting = #redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', holds) end
 local stream = redis.call('XINFO', 'STREAM', KEYS[1])
 local added = nil
 for i = 1, #stream, 2 do
