@@ -3,9 +3,10 @@
 Before starting, the job is dead-lettered if it was delivered too often, or refused if it was
 cancelled or its deadline passed; then ``Started`` is sent, the handler's events are forwarded,
 and the terminal event is sent together with the acknowledgement. A job whose events cannot be
-written (Redis unreachable) is abandoned unacknowledged and handed back as soon as Redis answers
-again, so the next reclaim pass starts another attempt within seconds of the outage (without the
-hand-back its lease would have to run out), and nothing accepted is lost. A job whose handler
+written, or whose handler cannot store or read a blob (Redis unreachable), is abandoned
+unacknowledged and handed back as soon as Redis answers again, so the next reclaim pass starts
+another attempt within seconds of the outage (without the hand-back its lease would have to run
+out), and nothing accepted is lost. A job whose handler
 raised :class:`~workers.handler.EngineDied` (the worker's engine is gone, not the job at fault)
 is left unacknowledged too, and the executor tells the worker (``on_engine_died``), which
 leaves.
@@ -35,6 +36,7 @@ from workers.errors import (
     DeadlineExceeded,
     StoreFull,
     TransportError,
+    Unavailable,
 )
 from workers.handler import (
     EngineDied,
@@ -248,6 +250,8 @@ class JobExecutor:
                 await self._emit(writer, event)
         except (_Abandon, EngineDied):
             raise
+        except Unavailable as exc:  # the handler's own Redis step (a blob) met the outage
+            raise _Abandon(f"cannot reach Redis: {exc}") from exc
         except Exception as exc:
             return failure_event(exc)
         finally:

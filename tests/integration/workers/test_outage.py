@@ -241,3 +241,30 @@ async def test_a_job_cut_off_by_an_outage_runs_again_soon_not_a_lease_later(
     assert replies[-1].event.type == "done"
     assert len(attempts) == 2, attempts
     assert answered_s < settings.lease_s / 2, answered_s  # the lease did not have to run out
+
+
+async def test_a_blob_step_cut_off_by_an_outage_is_rerun_not_failed(
+    redis: Redis, redis_url: str
+) -> None:
+    """A handler's own Redis step (storing its image blob) met the outage and raised
+    Unavailable: that is no answer to give the client (a 503 for an accepted request, seen in
+    a Sentinel failover), but an attempt to hand back: the job runs again and answers."""
+    redis_settings = fast_redis_settings(redis_url)
+    settings = fast_queue_settings(lease_s=30.0, reclaim_interval_s=30.0, max_deliveries=3)
+    attempts: list[int] = []
+
+    async def handler(job: Job, ctx: JobContext) -> AsyncIterator[Event]:
+        attempts.append(ctx.attempt)
+        yield TextDelta(text="partial ")
+        if ctx.attempt == 1:
+            raise Unavailable("the job store is unreachable while storing a blob; retry later")
+        yield TextDelta(text="whole")
+
+    async with (
+        gateway(redis_settings, settings) as gw,
+        running_worker(redis_settings, settings, handler),
+    ):
+        events = await gw.submit(chat_job(gw.reply_to, deadline_s=60))
+        replies = await collect(events, timeout=20)  # a lease (30 s) would exceed this
+    text = "".join(r.event.text for r in replies if isinstance(r.event, TextDelta))
+    assert (text, replies[-1].event.type, attempts) == ("partial whole", "done", [1, 2])
