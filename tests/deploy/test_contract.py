@@ -56,6 +56,8 @@ NAMED: dict[Path_, str] = {
     ("llm", "models", "*", "name"): "SEEDX_LLM_MODEL",
     ("diffusion", "detokenizers", "*", "name"): "SEEDX_DIFFUSION_DETOKENIZER",
     ("redis", "external", "url"): "SEEDX_*_REDIS__URL (Secret <release>-redis)",
+    ("redis", "external", "sentinel", "passwordSecret"): "SEEDX_*_REDIS__SENTINEL_PASSWORD",
+    ("redis", "external", "sentinel", "passwordSecretKey"): "SEEDX_*_REDIS__SENTINEL_PASSWORD",
     ("apiKeys", "keys"): "SEEDX_GATEWAY_API_KEYS_FILE (Secret <release>-api-keys, mounted)",
     ("gateway", "logLevel"): "`seedx gateway --log-level` (GatewaySettings has no log_level)",
     # a colocated GPU group's processes (tests/deploy/test_colocated.py checks each)
@@ -85,6 +87,8 @@ STRUCTURAL: dict[Path_, str] = {
     ("redis", "external", "port"): "NetworkPolicy",
     ("redis", "external", "database"): "KEDA",
     ("redis", "external", "tls"): "KEDA",
+    ("redis", "external", "sentinel", "enabled"): "checks the URL names sentinels; NetworkPolicy",
+    ("redis", "external", "sentinel", "port"): "NetworkPolicy (egress to the sentinels)",
     ("redis", "statefulset"): "the bundled Valkey",
     ("shutdown",): "terminationGracePeriodSeconds and preStop",
     ("apiKeys", "existingSecret"): "where the keys are",
