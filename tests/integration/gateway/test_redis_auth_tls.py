@@ -234,3 +234,39 @@ def test_wrong_ca_exits_78_naming_the_certificate(
     assert "seedx gateway: error: TLS to Redis" in last, result.stderr
     assert "certificate verify failed" in last, result.stderr
     assert elapsed < 15
+
+
+async def test_the_lag_repair_runs_as_the_documented_user_and_an_older_acl_only_warns(
+    acl_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``repair_lag`` (the workers' trim, after a failover left a stale lag counter) needs
+    ``+xgroup|setid``, which the documented user has; an ACL written before it was documented
+    makes it log a warning and return, never stop a worker's trim."""
+    from workers import keys
+    from workers.queue import repair_lag
+
+    stream = keys.job_stream("llm", "acl-test")
+
+    async def stale_counter(admin: Redis) -> None:
+        await admin.xgroup_create(stream, keys.WORKER_GROUP, id="$", mkstream=True)
+        await admin.xadd(stream, {"job": "x"})
+        await admin.xreadgroup(keys.WORKER_GROUP, "w", {stream: ">"}, count=1)
+        await admin.xtrim(stream, maxlen=0)
+        await admin.execute_command(
+            "XGROUP", "SETID", stream, keys.WORKER_GROUP, "$", "ENTRIESREAD", 0
+        )
+
+    older = RedisServer(tmp_path / "older", documented_acl().replace(" +xgroup|setid", ""))
+    try:
+        for server, repaired in ((acl_server, 0), (older, None)):
+            admin = server.admin()
+            client = Redis.from_url(server.url())
+            try:
+                await stale_counter(admin)
+                assert await repair_lag(client, stream) == repaired
+            finally:
+                await admin.aclose()
+                await client.aclose()
+    finally:
+        older.close()
+    assert "cannot repair the stale lag counter" in caplog.text
