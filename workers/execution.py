@@ -250,7 +250,9 @@ class JobExecutor:
                 await self._emit(writer, event)
         except (_Abandon, EngineDied):
             raise
-        except Unavailable as exc:  # the handler's own Redis step (a blob) met the outage
+        except StoreFull as exc:  # full until the deadline: the requester hears why
+            return failure_event(exc)
+        except Unavailable as exc:  # the handler's own Redis step (a blob) met an outage
             raise _Abandon(f"cannot reach Redis: {exc}") from exc
         except Exception as exc:
             return failure_event(exc)
