@@ -11,6 +11,7 @@ import asyncio
 import io
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -82,6 +83,25 @@ async def fake_diffusion(job: Job, ctx: JobContext) -> AsyncIterator[Event]:
     Image.new("RGB", (job.width, job.height), (0, 90, 0)).save(buffer, format="PNG")
     ref = await ctx.blobs.put(buffer.getvalue(), content_type="image/png", owner=job.request_id)
     yield ImageReady(image=ref, width=job.width, height=job.height, output_format="png", seed=1)
+
+
+@asynccontextmanager
+async def gateway_and_workers(
+    redis: RedisSettings, queue: QueueSettings, timeout_s: float
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway app in this process with a real LLM and diffusion worker loop (fake
+    handlers) on ``redis``: a client for tests of what Redis does under the whole stack."""
+    app = create_app(
+        gateway_settings(redis, queue, chat_timeout_s=timeout_s, image_timeout_s=timeout_s)
+    )
+    async with (
+        running_worker(redis, queue, fake_llm, model="seed-x-i", capacity=4),
+        running_worker(redis, queue, fake_diffusion, stage="diffusion", model="first_stage"),
+        app.router.lifespan_context(app),
+    ):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://g", headers=AUTH) as c:
+            yield c
 
 
 @pytest.fixture

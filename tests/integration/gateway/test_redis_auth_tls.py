@@ -22,23 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from redis.asyncio import Redis
 
 from seedx.chaos import redis_servers
 from seedx.chaos.redis_servers import Tls, make_tls
-from server.app import create_app
 from tests.integration.conftest import fast_queue_settings, fast_redis_settings, free_port
 from tests.integration.gateway.test_gateway_redis import (
-    AUTH,
     CHAT,
     KEY,
-    fake_diffusion,
-    fake_llm,
-    gateway_settings,
+    gateway_and_workers,
 )
-from tests.integration.workers.helpers import running_worker
 from workers.settings import RedisSettings
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -115,45 +109,34 @@ async def round_trip(server: RedisServer, timeout_s: float = 10) -> list[str]:
     redis_settings = server.settings(client_name="seedx-acl-test")
     queue = fast_queue_settings()
     problems: list[str] = []
-    app = create_app(
-        gateway_settings(redis_settings, queue, chat_timeout_s=timeout_s, image_timeout_s=timeout_s)
-    )
-    async with (
-        running_worker(redis_settings, queue, fake_llm, model="seed-x-i", capacity=4),
-        running_worker(
-            redis_settings, queue, fake_diffusion, stage="diffusion", model="first_stage"
-        ),
-        app.router.lifespan_context(app),
-    ):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://g", headers=AUTH) as c:
-            deadline = time.monotonic() + 10
-            while (await c.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)  # the workers' first heartbeats
-            answer = await c.post("/v1/chat/completions", json=CHAT)
-            if answer.status_code != 200 or "w0 w1 w2" not in answer.text:
-                problems.append(f"chat: {answer.status_code} {answer.text[:200]}")
-            streamed = await c.post("/v1/chat/completions", json={**CHAT, "stream": True})
-            if not streamed.text.rstrip().endswith("data: [DONE]"):
-                problems.append(f"stream: {streamed.text[-200:]}")
-            image = await c.post(
-                "/v1/images/generations", json={"prompt": "x", "response_format": "url"}
-            )
-            if image.status_code != 200:
-                problems.append(f"image: {image.status_code} {image.text[:200]}")
-            else:
-                content = await c.get(image.json()["data"][0]["url"])
-                if content.status_code != 200:
-                    problems.append(f"image url: {content.status_code}")
-            # A job that outlives a heartbeat (its lease is touched), then cancelled.
-            slow = {**CHAT, "messages": [{"role": "user", "content": "slow"}]}
-            task = asyncio.create_task(c.post("/v1/chat/completions", json=slow))
-            await asyncio.sleep(queue.heartbeat_interval_s * 3)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            ready = await c.get("/readyz")
-            if ready.status_code != 200:
-                problems.append(f"readyz: {ready.status_code} {ready.text[:200]}")
+    async with gateway_and_workers(redis_settings, queue, timeout_s) as c:
+        deadline = time.monotonic() + 10
+        while (await c.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the workers' first heartbeats
+        answer = await c.post("/v1/chat/completions", json=CHAT)
+        if answer.status_code != 200 or "w0 w1 w2" not in answer.text:
+            problems.append(f"chat: {answer.status_code} {answer.text[:200]}")
+        streamed = await c.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        if not streamed.text.rstrip().endswith("data: [DONE]"):
+            problems.append(f"stream: {streamed.text[-200:]}")
+        image = await c.post(
+            "/v1/images/generations", json={"prompt": "x", "response_format": "url"}
+        )
+        if image.status_code != 200:
+            problems.append(f"image: {image.status_code} {image.text[:200]}")
+        else:
+            content = await c.get(image.json()["data"][0]["url"])
+            if content.status_code != 200:
+                problems.append(f"image url: {content.status_code}")
+        # A job that outlives a heartbeat (its lease is touched), then cancelled.
+        slow = {**CHAT, "messages": [{"role": "user", "content": "slow"}]}
+        task = asyncio.create_task(c.post("/v1/chat/completions", json=slow))
+        await asyncio.sleep(queue.heartbeat_interval_s * 3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        ready = await c.get("/readyz")
+        if ready.status_code != 200:
+            problems.append(f"readyz: {ready.status_code} {ready.text[:200]}")
         await asyncio.sleep(queue.trim_interval_s * 3)  # trims, reclaims
     admin = server.admin()
     try:

@@ -19,27 +19,21 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from redis.asyncio import Redis
 
 from seedx.chaos.backbone import load_through
 from seedx.chaos.redis_servers import SentinelSet
-from server.app import create_app
 from tests.integration.conftest import fast_queue_settings, fast_redis_settings
 from tests.integration.gateway.test_gateway_redis import (
-    AUTH,
     CHAT,
-    fake_diffusion,
-    fake_llm,
-    gateway_settings,
+    gateway_and_workers,
 )
 from tests.integration.gateway.test_redis_auth_tls import (
     ADMIN_PASSWORD,
     PASSWORD,
     documented_acl,
 )
-from tests.integration.workers.helpers import running_worker
 from workers.lost_jobs import LOST_JOBS_REENQUEUED
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
@@ -78,23 +72,14 @@ async def test_failover_under_load_loses_nothing(
     )
     # reply_outage_s above an election: the reader waits it out rather than ending waiters.
     queue = fast_queue_settings(reply_outage_s=10.0)
-    app = create_app(gateway_settings(redis_settings, queue, chat_timeout_s=40, image_timeout_s=40))
     reenqueued = LOST_JOBS_REENQUEUED._value.get()
-    async with (
-        running_worker(redis_settings, queue, fake_llm, model="seed-x-i", capacity=4),
-        running_worker(
-            redis_settings, queue, fake_diffusion, stage="diffusion", model="first_stage"
-        ),
-        app.router.lifespan_context(app),
-    ):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://g", headers=AUTH) as c:
-            figures = await load_through(
-                c,
-                lambda: sentinel_set.kill_master(lose_writes_s),
-                chat=CHAT,
-                image={"prompt": "x", "response_format": "b64_json"},
-            )
+    async with gateway_and_workers(redis_settings, queue, timeout_s=40) as c:
+        figures = await load_through(
+            c,
+            lambda: sentinel_set.kill_master(lose_writes_s),
+            chat=CHAT,
+            image={"prompt": "x", "response_format": "b64_json"},
+        )
     print(figures, "re-enqueued:", LOST_JOBS_REENQUEUED._value.get() - reenqueued)
     assert figures["lost"] == 0, figures
     assert figures["duplicated"] == 0, figures
