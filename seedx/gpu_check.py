@@ -208,10 +208,12 @@ def check_diffusion(
 ) -> None:
     from engine.sampling import SamplingOptions
     from workers.diffusion import bench
+    from workers.diffusion.device_thread import DeviceThread
 
     device = torch.device(report.meta["device"])
-    pipeline = _load_pipeline(root, device)
-    embeds = bench.random_embeddings(pipeline, profile.jobs)
+    thread = DeviceThread()  # the worker's torch work and the bare loop's, on one thread alike
+    pipeline = thread.call(_load_pipeline, root, device)
+    embeds = thread.call(bench.random_embeddings, pipeline, profile.jobs)
     section: dict[str, Any] = {
         "size": profile.size,
         "jobs": profile.jobs,
@@ -225,7 +227,7 @@ def check_diffusion(
         def bare(options: SamplingOptions = options, pipeline: Any = pipeline) -> float:
             return bench.bare_loop(pipeline, embeds, options, profile.max_batch)
 
-        bare()  # warm: this step count's scheduler tables, first-call kernels
+        thread.call(bare)  # warm: this step count's scheduler tables, first-call kernels
         bare_times, worker_times = asyncio.run(
             bench.worker_runs(
                 pipeline,
@@ -233,6 +235,7 @@ def check_diffusion(
                 root,
                 redis_url,
                 bare,
+                thread,
                 size=profile.size,
                 steps=steps,
                 max_batch=profile.max_batch,
@@ -249,7 +252,10 @@ def check_diffusion(
         report.goal(f"diffusion worker / bare loop, {steps} steps", ratio, "<=", 1.03)
 
     options = SamplingOptions(profile.size, profile.size, profile.steps[0])
-    timings = bench.per_image(pipeline, embeds[0], options, profile.batches, args.repeats)
+    timings = thread.call(
+        bench.per_image, pipeline, embeds[0], options, profile.batches, args.repeats
+    )
+    thread.close()
     one = timings[profile.batches[0]].seconds
     section["batches"] = {
         str(b): {"per_image_s": t.seconds, "ratio": t.seconds / one, "peak_bytes": t.peak_bytes}
@@ -271,17 +277,19 @@ def check_load(report: Report, root: Path, profile: Profile, args: argparse.Name
     """Batch-level vs step-level batching on one Poisson trace (module docstring)."""
     from engine.sampling import SamplingOptions
     from workers.diffusion import bench
+    from workers.diffusion.device_thread import DeviceThread
     from workers.diffusion.load_bench import percentile, run_load_bench
     from workers.diffusion.settings import DiffusionWorkerSettings
 
     device = torch.device(report.meta["device"])
-    pipeline = _load_pipeline(root, device)
-    embeds = bench.random_embeddings(pipeline, profile.load_jobs)
     settings = DiffusionWorkerSettings(model=root, max_batch=profile.max_batch)
     options = SamplingOptions(profile.size, profile.size, profile.steps[0])
-    capacity, results = run_load_bench(
-        pipeline, settings, embeds, options, LOAD, seed=0, repeats=args.repeats
-    )
+    with DeviceThread() as thread:  # every torch call of the bench on one thread, as the worker
+        pipeline = thread.call(_load_pipeline, root, device)
+        embeds = thread.call(bench.random_embeddings, pipeline, profile.load_jobs)
+        capacity, results = run_load_bench(
+            pipeline, settings, embeds, options, LOAD, 0, thread, repeats=args.repeats
+        )
     by = {r.policy: r for r in results}
     report.sections["load"] = {
         "load": LOAD,

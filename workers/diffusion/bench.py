@@ -39,6 +39,7 @@ from engine.image_output import encode_image
 from engine.pipeline_inputs import GenerateJob
 from engine.pipelines import DetokenizerPipeline
 from engine.sampling import SamplingOptions
+from workers.diffusion.device_thread import DeviceThread
 
 BATCHES = (1, 4, 8)
 
@@ -160,6 +161,7 @@ async def worker_runs(
     root: Path,
     url: str,
     bare: Any,
+    device: DeviceThread,
     *,
     size: int,
     steps: int,
@@ -167,7 +169,8 @@ async def worker_runs(
     repeats: int,
 ) -> tuple[list[float], list[float]]:
     """Alternating (bare, worker) timings of the jobs ``embeds`` at ``size``² and ``steps``
-    (the worker batching up to ``max_batch``); the worker stays up between repeats."""
+    (the worker batching up to ``max_batch``); the worker stays up between repeats. Both run
+    on ``device``, the thread that loaded ``pipeline``."""
     from workers.connection import create_redis
     from workers.diffusion.settings import DiffusionWorkerSettings
     from workers.diffusion.worker import diffusion_service
@@ -213,13 +216,13 @@ async def worker_runs(
         return time.perf_counter() - started
 
     bare_times, worker_times = [], []
-    async with diffusion_service(pipeline, settings) as service:
+    async with diffusion_service(pipeline, settings, device) as service:
         worker = Worker(redis, queue, stage="diffusion", model=settings.stream_model,
                         handler=service.handler, capacity=settings.held_jobs)  # fmt: skip
         task = asyncio.create_task(worker.run())
         await run_jobs()  # warm: connections, threads, first batch shapes
         for _ in range(repeats):
-            bare_times.append(bare())
+            bare_times.append(await device.run(bare))
             worker_times.append(await run_jobs())
         worker.stop()
         await task
@@ -231,28 +234,34 @@ async def worker_runs(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``seedx bench diffusion``."""
     from workers.diffusion.settings import DiffusionWorkerSettings
-    from workers.diffusion.worker import load_pipeline
 
     args = _parse(sys.argv[1:] if argv is None else argv)
-    root = Path(args.model) if args.model else _tiny_root()
-    settings = DiffusionWorkerSettings(
-        model=root, detokenizer=args.detokenizer, device=args.device, dtype=args.dtype
-    )
-    pipeline = load_pipeline(settings)
+    with DeviceThread() as device:  # all torch work on one thread, as in the worker
+        root = Path(args.model) if args.model else device.call(_tiny_root)
+        settings = DiffusionWorkerSettings(
+            model=root, detokenizer=args.detokenizer, device=args.device, dtype=args.dtype
+        )
+        return _measure(args, root, settings, device)
+
+
+def _measure(args: argparse.Namespace, root: Path, settings: Any, device: DeviceThread) -> int:
+    from workers.diffusion.worker import load_pipeline
+
+    pipeline = device.call(load_pipeline, settings)
     options = SamplingOptions(args.size, args.size, args.steps)
-    embeds = random_embeddings(pipeline, args.jobs)
+    embeds = device.call(random_embeddings, pipeline, args.jobs)
     if args.arrivals == "poisson":
         return load_main(args, settings.model_copy(update={"max_batch": args.max_batch}),
-                         pipeline, embeds, options)  # fmt: skip
-    bare_loop(pipeline, embeds[: args.max_batch], options, args.max_batch)  # warm up
+                         pipeline, embeds, options, device)  # fmt: skip
+    device.call(bare_loop, pipeline, embeds[: args.max_batch], options, args.max_batch)  # warm up
     with redis_url(args.redis_url) as (url, redis_label):
         bare_times, worker_times = asyncio.run(
             worker_runs(pipeline, embeds, root, url,
-                        lambda: bare_loop(pipeline, embeds, options, args.max_batch),
+                        lambda: bare_loop(pipeline, embeds, options, args.max_batch), device,
                         size=args.size, steps=args.steps, max_batch=args.max_batch,
                         repeats=args.repeats)
         )  # fmt: skip
-    per_image_s = per_image(pipeline, embeds[0], options)
+    per_image_s = device.call(per_image, pipeline, embeds[0], options)
     bare, worker = min(bare_times), min(worker_times)
     median_ratio = statistics.median(worker_times) / statistics.median(bare_times)
     label = "tiny" if args.model is None else str(root)
@@ -281,12 +290,13 @@ def load_main(
     pipeline: DetokenizerPipeline,
     embeds: list[np.ndarray],
     options: SamplingOptions,
+    device: DeviceThread,
 ) -> int:
     """``--arrivals poisson``: the load benchmark's table (``workers.diffusion.load_bench``)."""
     from workers.diffusion.load_bench import report, run_load_bench
 
     capacity, results = run_load_bench(
-        pipeline, settings, embeds, options, args.load, args.seed, args.repeats
+        pipeline, settings, embeds, options, args.load, args.seed, device, args.repeats
     )
     label = "tiny" if args.model is None else args.model
     print(f"diffusion load bench: {label} on {pipeline.device}/{pipeline.dtype}, "

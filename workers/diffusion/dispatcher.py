@@ -2,10 +2,11 @@
 
 Each job handler :meth:`~BatchDispatcher.submit`\\ s its request and reads the ticket's outputs.
 One background task takes the next ready batch from the :class:`~workers.diffusion.batching.
-BatchQueue` and runs it with :meth:`BatchRunner.run` on a single dedicated thread, so the event
-loop stays free for heartbeats, lease renewals, cancellation polls and blob I/O while the device
-works (``workers.worker`` requires handlers not to block it), and batches never overlap on the
-device.
+BatchQueue` and runs it with :meth:`BatchRunner.run` on the process's one torch thread
+(:class:`~workers.diffusion.device_thread.DeviceThread`, which also loaded the pipeline), so
+the event loop stays free for heartbeats, lease renewals, cancellation polls and blob I/O while
+the device works (``workers.worker`` requires handlers not to block it), and batches never
+overlap on the device.
 
 Step-level batching (the default, issue 25): the runner calls back at every step boundary, from
 the device thread, to take waiting jobs of its group into the running batch
@@ -28,12 +29,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Protocol
 
 from workers.diffusion import metrics
 from workers.diffusion.batching import BatchPolicy, BatchQueue
+from workers.diffusion.device_thread import DeviceThread
 from workers.diffusion.errors import DiffusionError, InternalError
 from workers.diffusion.requests import DiffusionRequest
 from workers.diffusion.runner import Failure, Finished, Output
@@ -109,6 +110,7 @@ class BatchDispatcher:
         runner: Runner,
         policy: BatchPolicy,
         *,
+        device: DeviceThread,
         step_level: bool = True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -120,7 +122,7 @@ class BatchDispatcher:
         self._clock = clock
         self._wall_clock = wall_clock
         self._wake = asyncio.Event()
-        self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusion-device")
+        self._device = device  # its owner closes it, after this dispatcher
         self._task: asyncio.Task[None] | None = None
         self.running: list[Ticket] = []
         self.batches = 0
@@ -148,7 +150,6 @@ class BatchDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await asyncio.get_running_loop().run_in_executor(None, self._device.shutdown)
 
     async def __aenter__(self) -> BatchDispatcher:
         await self.start()
@@ -233,11 +234,10 @@ class BatchDispatcher:
         self._start(batch)
         self.batches += 1
         admit = functools.partial(self._admit, batch[0].request.key) if self.step_level else None
-        loop = asyncio.get_running_loop()
         try:
-            # Shielded: on close the thread must finish its batch (stopped jobs drop out at the
-            # next step) before the device executor shuts down.
-            await asyncio.shield(loop.run_in_executor(self._device, self._runner.run, batch, admit))
+            # Shielded: on close the thread finishes its batch (stopped jobs drop out at the next
+            # step) before the device thread's owner closes it.
+            await asyncio.shield(self._device.run(self._runner.run, batch, admit))
         except Exception:
             logger.exception("batch runner raised")
             for ticket in list(self.running):

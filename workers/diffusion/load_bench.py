@@ -35,6 +35,7 @@ from engine.pipeline_inputs import GenerateJob
 from engine.pipelines import DetokenizerPipeline
 from engine.sampling import SamplingJob, SamplingOptions
 from workers.diffusion.batching import BatchPolicy
+from workers.diffusion.device_thread import DeviceThread
 from workers.diffusion.dispatcher import BatchDispatcher, Ticket
 from workers.diffusion.load_model import Device, PolicyResult, ideal, poisson_trace
 from workers.diffusion.load_model import percentile as percentile
@@ -139,8 +140,10 @@ async def replay(
     arrivals: list[float],
     options: SamplingOptions,
     capacity: Capacity,
+    device: DeviceThread,
 ) -> PolicyResult:
-    """The trace against one policy (``settings.batching``) on the worker's batching parts."""
+    """The trace against one policy (``settings.batching``) on the worker's batching parts,
+    batches running on ``device`` (where ``pipeline`` was loaded and the capacity measured)."""
     runner = BatchRunner(pipeline, decode_batch=settings.decode_batch)
     policy = BatchPolicy(settings.max_batch, settings.max_batch_pixels, settings.batch_wait_s,
                          settings.starvation_s)  # fmt: skip
@@ -158,7 +161,7 @@ async def replay(
 
     tickets: list[Ticket] = []
     step_level = settings.batching == "step"
-    async with BatchDispatcher(runner, policy, step_level=step_level) as dispatcher:
+    async with BatchDispatcher(runner, policy, device=device, step_level=step_level) as dispatcher:
         start = time.monotonic()
         waiters = []
         for index, (at, embed) in enumerate(zip(arrivals, embeds, strict=True)):
@@ -180,20 +183,26 @@ def run_load_bench(
     options: SamplingOptions,
     load: float,
     seed: int,
+    device: DeviceThread,
     repeats: int = 1,
 ) -> tuple[Capacity, list[PolicyResult]]:
     """Capacity, then the same trace against each policy of :data:`POLICIES`, alternating,
     ``repeats`` times: on a shared machine a drift in contention then hits both policies alike.
     A policy's waits and latencies are pooled over its repeats; its images/s is their median.
-    Each result carries its ideal replay (same trace, measured step-time curve)."""
-    capacity = measure_capacity(pipeline, embeds, options, settings)
+    Each result carries its ideal replay (same trace, measured step-time curve). The capacity
+    and every replay's batches run on ``device``, the thread that loaded ``pipeline``: measured
+    elsewhere, the capacity would be a different machine's (``workers.diffusion.device_thread``).
+    """
+    capacity = device.call(measure_capacity, pipeline, embeds, options, settings)
     arrivals = poisson_trace(len(embeds), load * capacity.images_per_s, seed)
     runs: dict[str, list[PolicyResult]] = {name: [] for name in POLICIES}
     for _ in range(repeats):
         for name in POLICIES:
             policy_settings = settings.model_copy(update={"batching": name})
             runs[name].append(
-                asyncio.run(replay(pipeline, policy_settings, embeds, arrivals, options, capacity))
+                asyncio.run(
+                    replay(pipeline, policy_settings, embeds, arrivals, options, capacity, device)
+                )
             )
     results = [
         PolicyResult(

@@ -183,12 +183,12 @@ async def read_embedding(blobs: BlobStore, ref: BlobRef, limits: RequestLimits) 
         array = await blobs.get_tensor(ref)
     except (BlobMissing, BlobCorrupt) as exc:
         raise type(exc)(exc.message, param="embedding") from exc
-    embeds = torch.from_numpy(np.array(array, dtype=np.float32)).reshape(
-        1, limits.embedding_tokens, limits.embedding_dim
-    )
-    if not torch.isfinite(embeds).all():
+    values = np.array(array, dtype=np.float32)
+    # numpy, not torch: this runs on the event loop, and torch work off the device thread slows
+    # every later step of the process (workers.diffusion.device_thread)
+    if not np.isfinite(values).all():
         raise BadRequest("`embedding` holds NaN or infinite values", "embedding")
-    return embeds
+    return torch.from_numpy(values).reshape(1, limits.embedding_tokens, limits.embedding_dim)
 
 
 async def read_image(blobs: BlobStore, ref: BlobRef, param: str, max_pixels: int) -> Image.Image:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from engine.pipelines import DetokenizerPipeline
 from workers import runloop
 from workers.diffusion.batching import BatchPolicy
+from workers.diffusion.device_thread import DeviceThread
 from workers.diffusion.dispatcher import BatchDispatcher
 from workers.diffusion.handler import DiffusionJobHandler
 from workers.diffusion.requests import RequestLimits
@@ -87,9 +88,13 @@ class DiffusionService:
 
 @asynccontextmanager
 async def diffusion_service(
-    pipeline: DetokenizerPipeline, settings: DiffusionWorkerSettings
+    pipeline: DetokenizerPipeline,
+    settings: DiffusionWorkerSettings,
+    device: DeviceThread | None = None,
 ) -> AsyncIterator[DiffusionService]:
-    """Starts batching on ``pipeline``; stops it (and the encoder threads) on exit."""
+    """Starts batching on ``pipeline``; stops it (and the encoder threads) on exit. Batches run
+    on ``device``, the thread that loaded ``pipeline`` (``workers.diffusion.device_thread``: a
+    second torch thread slows both); without one, on a thread of the service's own."""
     runner = BatchRunner(
         pipeline,
         decode_batch=settings.decode_batch,
@@ -102,13 +107,18 @@ async def diffusion_service(
         starvation_s=settings.starvation_s,
     )
     encoder = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="diffusion-encode")
+    thread = device if device is not None else DeviceThread()
     try:
         step_level = settings.batching == "step"
-        async with BatchDispatcher(runner, policy, step_level=step_level) as dispatcher:
+        async with BatchDispatcher(
+            runner, policy, device=thread, step_level=step_level
+        ) as dispatcher:
             handler = DiffusionJobHandler(dispatcher, request_limits(pipeline, settings), encoder)
             yield DiffusionService(dispatcher, handler)
     finally:
         encoder.shutdown(wait=False, cancel_futures=True)
+        if device is None:
+            await asyncio.to_thread(thread.close)
 
 
 async def serve(settings: DiffusionWorkerSettings) -> None:
@@ -119,20 +129,31 @@ async def serve(settings: DiffusionWorkerSettings) -> None:
 
 
 async def _serve(settings: DiffusionWorkerSettings, liveness: LateLiveness) -> None:
-    from workers.connection import create_redis
     from workers.startup import check_redis
-    from workers.worker import Worker
 
     await check_redis(settings.redis)  # a wrong password or CA: exit 78 before the model loads
-    pipeline = await asyncio.to_thread(load_pipeline, settings)
+    device = DeviceThread()  # all of this process's torch work, from loading on
+    try:
+        await _serve_on(settings, liveness, device)
+    finally:
+        await asyncio.to_thread(device.close)
+
+
+async def _serve_on(
+    settings: DiffusionWorkerSettings, liveness: LateLiveness, device: DeviceThread
+) -> None:
+    from workers.connection import create_redis
+    from workers.worker import Worker
+
+    pipeline = await device.run(load_pipeline, settings)
     if settings.warmup:
-        await asyncio.to_thread(BatchRunner(pipeline).warmup)
+        await device.run(BatchRunner(pipeline).warmup)
     beat = LoopBeat()
     beat.start()
     liveness.set(beat.alive)
     redis = create_redis(settings.redis)
     try:
-        async with diffusion_service(pipeline, settings) as service:
+        async with diffusion_service(pipeline, settings, device) as service:
             worker = Worker(
                 redis,
                 settings.queue,

@@ -29,7 +29,6 @@ from tests.unit.diffusion.support import (
     worker_settings,
 )
 from workers.diffusion import metrics
-from workers.diffusion.runner import DECODE_GATHER_STEPS
 from workers.diffusion.worker import diffusion_service
 from workers.protocol import Event, ImageReady, Job, PartialImage
 
@@ -87,8 +86,8 @@ async def test_a_late_job_joins_the_running_batch_at_the_next_step(
         assert 1 <= joined_at <= 3  # the late job ran beside the early one...
         # ...for 6 steps each: the early job leaves the UNet at its own last step
         assert rows == [2] * joined_at + [4] * (6 - joined_at) + [2] * joined_at
-        # the early image waits for the late one if it finishes within DECODE_GATHER_STEPS
-        assert decoded == ([2] if joined_at <= DECODE_GATHER_STEPS else [1, 1])
+        # each image is decoded at its own last step: the early one does not wait for the late
+        assert decoded == [1, 1]
         assert joins != metrics.JOINS.collect()[0].samples
     else:
         assert batches == 2
