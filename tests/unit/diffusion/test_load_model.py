@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from workers.diffusion.load_bench import Capacity, report
-from workers.diffusion.load_model import Device, PolicyResult, ideal, main, poisson_trace
+from workers.diffusion.load_model import (
+    Device,
+    Figures,
+    PolicyResult,
+    figures,
+    ideal,
+    main,
+    poisson_trace,
+)
 
 STEPS = 10
 FLAT = Device((1.0, 1.0, 1.0, 1.0))  # one second per step whatever the rows, nothing per job
@@ -106,3 +114,18 @@ def test_the_sweep_prints_the_goals_per_max_batch_and_load(
 def test_the_sweep_refuses_a_max_batch_beyond_the_curve() -> None:
     with pytest.raises(SystemExit, match="2 points"):
         main(["--curve-ms", "10,10", "--max-batch", "4"])
+
+
+def test_a_policys_figures_are_the_medians_of_its_repeats() -> None:
+    def run(tail_s: float, images_per_s: float) -> PolicyResult:
+        return PolicyResult("step", [0.0, 1.0], [1.0, tail_s], images_per_s)
+
+    # one repeat spoiled by a burst of contention (a 9 s tail) does not set the p99
+    runs = (run(2.0, 5.0), run(9.0, 4.0), run(3.0, 6.0))
+    pooled = PolicyResult("step", [0.0, 1.0] * 3, [1.0, 2.0, 1.0, 9.0, 1.0, 3.0], 5.0, None, runs)
+    f = figures(pooled)
+    assert f.e2e_p99 == Figures.of_run(runs[2]).e2e_p99  # the middle of 1.99, 2.98 and 8.92
+    assert f.images_per_s == 5.0
+    assert f.wait_p50 == 0.5
+    # a single run is its own figures
+    assert figures(runs[0]) == Figures.of_run(runs[0])
