@@ -91,10 +91,6 @@ class StepBatch(Generic[T]):
         """Guidance rows of the next UNet call."""
         return 0 if self._rows is None else len(self._rows)
 
-    def remaining(self) -> list[int]:
-        """Steps each running job has left to run."""
-        return [self.total - s for s in self._steps]
-
     def join(self, tagged: Sequence[tuple[T, SamplingJob]]) -> None:
         """Jobs start at step 0 with the next step; raises ``ParameterError`` for a bad job."""
         if not tagged:

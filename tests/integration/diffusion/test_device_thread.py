@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from redis.asyncio import Redis
 from torch.overrides import TorchFunctionMode
 
 from engine.checkpoint import layout
@@ -31,6 +32,8 @@ from workers.diffusion import worker as diffusion_worker
 from workers.diffusion.device_thread import DeviceThread
 from workers.diffusion.runner import BatchRunner
 from workers.settings import QueueSettings, RedisSettings
+
+STREAM = "device-thread-test"
 
 
 class TorchCalls(TorchFunctionMode):
@@ -62,6 +65,7 @@ async def test_device_thread_runs_calls_in_order_on_one_thread() -> None:
 
 async def test_serve_does_its_torch_work_on_one_thread_off_the_event_loop(
     detok_root: Path,
+    redis: Redis,  # a flushed database, as every Redis test here starts from
     redis_settings: RedisSettings,
     queue_settings: QueueSettings,
     monkeypatch: pytest.MonkeyPatch,
@@ -79,8 +83,15 @@ async def test_serve_does_its_torch_work_on_one_thread_off_the_event_loop(
     monkeypatch.setattr(diffusion_worker, "load_pipeline", recorded("load", lambda _: pipeline))
     monkeypatch.setattr(BatchRunner, "warmup", recorded("warmup", BatchRunner.warmup))
     monkeypatch.setattr(BatchRunner, "run", recorded("run", BatchRunner.run))
+    # a stream of its own: CI's Redis is shared with the e2e stack's workers, which consume
+    # `first_stage` jobs too while that session-scoped stack is up
     settings = worker_settings(
-        detok_root, warmup=True, metrics_port=None, redis=redis_settings, queue=queue_settings
+        detok_root,
+        model_name=STREAM,
+        warmup=True,
+        metrics_port=None,
+        redis=redis_settings,
+        queue=queue_settings,
     )
     loop = asyncio.get_running_loop()
     array = embedding(3).astype(np.float16)
@@ -89,7 +100,7 @@ async def test_serve_does_its_torch_work_on_one_thread_off_the_event_loop(
         try:
             async with gateway(redis_settings, queue_settings) as gw:
                 ref = await gw.blobs.put_tensor(array)
-                jobs = [generate_job(ref, seed=s, steps=3) for s in range(3)]
+                jobs = [generate_job(ref, model=STREAM, seed=s, steps=3) for s in range(3)]
                 jobs = [job.model_copy(update={"reply_to": gw.reply_to}) for job in jobs]
                 subscriptions = [await gw.submit(job) for job in jobs]
                 for subscription in subscriptions:
@@ -97,9 +108,11 @@ async def test_serve_does_its_torch_work_on_one_thread_off_the_event_loop(
                     assert replies[-1].event.type == "done", replies[-1].event
         finally:
             serving.cancel()
-            await asyncio.gather(serving, return_exceptions=True)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            try:  # a hang fails the test here instead of stalling the suite
+                await asyncio.wait_for(asyncio.gather(serving, return_exceptions=True), 60)
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
     ran_on = set().union(*threads.values())
     assert set(threads) == {"load", "warmup", "run"}, dict(threads)
     assert len(ran_on) == 1, dict(threads)
