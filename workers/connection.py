@@ -264,9 +264,11 @@ async def sleep_until(event: asyncio.Event, timeout: float) -> None:
 async def stop_task(task: asyncio.Task[None], timeout: float) -> None:
     """Wait for a loop that was told to stop (by a flag) to return; cancel it only as a fallback.
 
-    Loops doing Redis I/O are stopped by flag rather than by ``Task.cancel``: redis-py can
-    swallow a cancellation that lands while a pooled connection is being set up and then block
-    on a desynchronized connection, which would hang a shutdown.
+    Loops doing Redis I/O are stopped by flag rather than by ``Task.cancel``: a cancellation
+    can be lost inside redis-py. With a ``socket_timeout`` it sends each command under
+    ``asyncio.wait_for``, and up to Python 3.11 ``wait_for`` returns normally when the
+    cancellation lands as the write completes (seen: a worker cancelled at its ``XTRIM`` went
+    on to block in ``XREADGROUP``, and its loop never ended).
     """
     done, _ = await asyncio.wait([task], timeout=timeout)
     if done:

@@ -32,6 +32,7 @@ from workers.diffusion import worker as diffusion_worker
 from workers.diffusion.device_thread import DeviceThread
 from workers.diffusion.runner import BatchRunner
 from workers.settings import QueueSettings, RedisSettings
+from workers.worker import Worker
 
 STREAM = "device-thread-test"
 
@@ -83,6 +84,14 @@ async def test_serve_does_its_torch_work_on_one_thread_off_the_event_loop(
     monkeypatch.setattr(diffusion_worker, "load_pipeline", recorded("load", lambda _: pipeline))
     monkeypatch.setattr(BatchRunner, "warmup", recorded("warmup", BatchRunner.warmup))
     monkeypatch.setattr(BatchRunner, "run", recorded("run", BatchRunner.run))
+    workers: list[Worker] = []
+
+    class RecordedWorker(Worker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            workers.append(self)
+
+    monkeypatch.setattr("workers.worker.Worker", RecordedWorker)
     # a stream of its own: CI's Redis is shared with the e2e stack's workers, which consume
     # `first_stage` jobs too while that session-scoped stack is up
     settings = worker_settings(
@@ -107,12 +116,19 @@ async def test_serve_does_its_torch_work_on_one_thread_off_the_event_loop(
                     replies = await collect(subscription, timeout=60)
                     assert replies[-1].event.type == "done", replies[-1].event
         finally:
-            serving.cancel()
+            # stopped as SIGTERM stops it (``Worker.stop``), not by ``Task.cancel``: redis-py can
+            # swallow a cancellation that lands while a connection is being set up, and the
+            # worker then goes on consuming (it hung CI's run this way; ``stop_task`` says more)
+            for worker in workers:
+                worker.stop()
+            if not workers:  # failed before consuming: nothing of redis-py's is in the way
+                serving.cancel()
             try:  # a hang fails the test here instead of stalling the suite
                 await asyncio.wait_for(asyncio.gather(serving, return_exceptions=True), 60)
             finally:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+    serving.result()  # stopped by its worker's stop, the serve returned without an error
     ran_on = set().union(*threads.values())
     assert set(threads) == {"load", "warmup", "run"}, dict(threads)
     assert len(ran_on) == 1, dict(threads)
