@@ -8,10 +8,10 @@ runs; no Redis, whose cost is the same for both and is measured by the plain ben
 submitted -> joined a batch) in step times, p50/p99 end-to-end latency (submitted -> final
 image decoded), and images/s over the trace.
 
-``L`` is the offered load relative to the worker's capacity, measured first: a full batch
-(``--max-batch`` jobs) through the worker's runner (prepared, sampled, decoded), alone on the
-device (median of 3), gives capacity = max_batch / that time; arrivals come at rate
-``L x capacity``. A *step time* is that full batch's sampling time divided by its steps.
+``L`` is the offered load relative to the worker's capacity, measured first: back-to-back full
+batches (``--max-batch`` jobs each), their sampling and each job's preparation and decoding
+timed alone on the device (:func:`measure_capacity`); arrivals come at rate ``L x capacity``.
+A *step time* is that full batch's sampling time divided by its steps.
 Issue 25's goals at load 0.7 on the CPU tiny model: step-level p99 queue wait <= 1.5 step
 times, images/s not below batch-level, p99 end-to-end >= 1.5x better.
 
@@ -47,7 +47,7 @@ from workers.diffusion.load_model import (
 )
 from workers.diffusion.load_model import percentile as percentile
 from workers.diffusion.requests import DiffusionRequest
-from workers.diffusion.runner import BatchRunner, Failure, Finished, Output
+from workers.diffusion.runner import BatchRunner, Failure, Finished
 from workers.diffusion.settings import DiffusionWorkerSettings
 
 POLICIES = ("batch", "step")
@@ -63,54 +63,45 @@ class Capacity:
     device: Device
 
 
-@dataclass
-class _Item:
-    """A bare ``BatchItem`` for the capacity run (nobody waits on its outputs)."""
-
-    request: DiffusionRequest
-    stopped: bool = False
-    submitted: float = 0.0
-
-    def emit(self, output: Output) -> None:
-        if isinstance(output, Failure):
-            raise RuntimeError(f"capacity run failed: {output.error}")
-
-
 def measure_capacity(
     pipeline: DetokenizerPipeline,
     embeds: list[np.ndarray],
     options: SamplingOptions,
     settings: DiffusionWorkerSettings,
 ) -> Capacity:
-    """A full batch through the worker's runner (preparation, sampling, decoding: what the
-    worker pays per job), median of three after one warm-up; the step time is the median
-    sampling time of the same batch alone, divided by its steps, and likewise at every smaller
-    row count (the ideal replay's curve). What the full batch's run costs beyond its sampling,
-    per job, is the ideal replay's per-job cost. Medians, not minima: on a shared machine the
-    best run overstates what the replays get, and the load with it. The three rounds each
-    measure every row count, so a burst of contention spoils one sample of several row counts,
-    not all three samples of one (which a median cannot hide)."""
-    runner = BatchRunner(pipeline, decode_batch=settings.decode_batch)
+    """The device's costs, in parts, as the worker's runner pays them: the sampling time of a
+    batch of 1..max_batch rows (the ideal replay's step-time curve), and per job the rest, its
+    preparation (each job alone, as the runner prepares it) and its share of decoding a full
+    batch in ``decode_batch`` chunks. Capacity is ``Device.capacity``: back-to-back full
+    batches of those costs, the same number the ideal replay is built on.
+
+    Each part is the median of three rounds after one warm-up, and each round measures every
+    part, so a burst of contention spoils one sample of several parts, not all three samples of
+    one (which a median cannot hide). Medians, not minima: on a shared machine the best run
+    overstates what the replays get, and the load with it. The per-job cost is timed, not
+    derived as a full batch's run minus its sampling: at 50 steps that difference of two
+    seconds-long medians is noisier than the cost itself (a 41 ms "per-job cost" was measured
+    that way, against about 10 ms timed)."""
     batch = [_request(embeds[i % len(embeds)], i, options) for i in range(settings.max_batch)]
-    jobs = pipeline.prepare_generate(
-        [job for request in batch if isinstance(job := request.engine_job, GenerateJob)]
-    )
-    runner.run([_Item(request) for request in batch])
-    steps = options.num_inference_steps
-    total_s: list[float] = []
+    generate = [job for request in batch if isinstance(job := request.engine_job, GenerateJob)]
+    jobs = pipeline.prepare_generate(generate)
+    latents = pipeline.sample(jobs, options)  # also the warm-up
+    pipeline.decode(latents[: settings.decode_batch])
     sample_s: list[list[float]] = [[] for _ in jobs]  # [rows - 1] -> seconds per round
+    rest_s: list[float] = []
     for _ in range(3):
-        started = time.perf_counter()
-        runner.run([_Item(request) for request in batch])
-        total_s.append(time.perf_counter() - started)
         for rows, samples in enumerate(sample_s, start=1):
             samples.append(_sample_s(pipeline, jobs[:rows], options))
+        started = time.perf_counter()
+        for job in generate:
+            pipeline.prepare_generate([job])
+        for start in range(0, len(latents), settings.decode_batch):
+            pipeline.decode(latents[start : start + settings.decode_batch])
+        rest_s.append(time.perf_counter() - started)
+    steps = options.num_inference_steps
     curve = tuple(statistics.median(samples) / steps for samples in sample_s)
-    full_sample_s = statistics.median(sample_s[-1])
-    job_s = max(0.0, statistics.median(total_s) - full_sample_s) / settings.max_batch
-    return Capacity(
-        curve[-1], settings.max_batch / statistics.median(total_s), Device(curve, job_s)
-    )
+    device = Device(curve, statistics.median(rest_s) / settings.max_batch)
+    return Capacity(curve[-1], device.capacity(steps), device)
 
 
 def _sample_s(
