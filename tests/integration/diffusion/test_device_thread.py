@@ -116,9 +116,9 @@ async def test_serve_does_its_torch_work_on_one_thread_off_the_event_loop(
                     replies = await collect(subscription, timeout=60)
                     assert replies[-1].event.type == "done", replies[-1].event
         finally:
-            # stopped as SIGTERM stops it (``Worker.stop``), not by ``Task.cancel``: redis-py can
-            # swallow a cancellation that lands while a connection is being set up, and the
-            # worker then goes on consuming (it hung CI's run this way; ``stop_task`` says more)
+            # stopped as SIGTERM stops it (``Worker.stop``), not by ``Task.cancel``: up to
+            # Python 3.11 redis-py loses a cancellation that lands as a command's write
+            # completes, and the worker goes on consuming (it hung CI; ``stop_task`` says more)
             for worker in workers:
                 worker.stop()
             if not workers:  # failed before consuming: nothing of redis-py's is in the way
