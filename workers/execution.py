@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
@@ -83,11 +83,13 @@ class JobExecutor:
         worker_id: str,
         stage: keys.Stage,
         on_engine_died: Callable[[str], None] | None = None,
-        on_handed_back: Callable[[], None] | None = None,
+        release: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = redis
         self._on_engine_died = on_engine_died
-        self._on_handed_back = on_handed_back
+        # makes one abandoned entry reclaimable now (the worker's, serialized with its lease
+        # renewals); by default the consumer's release alone
+        self._release = release or self._release_alone
         self._settings = settings
         self._consumer = consumer
         self._handler = handler
@@ -119,6 +121,9 @@ class JobExecutor:
             metrics.JOBS.labels(self._stage, outcome).inc()
             self.processed += 1
 
+    async def _release_alone(self, entry_id: str) -> None:
+        await self._consumer.release([entry_id])
+
     async def _hand_back(self, delivery: Delivery) -> None:
         """Make an abandoned job reclaimable as soon as Redis answers again.
 
@@ -135,9 +140,7 @@ class JobExecutor:
         give_up_at = time.monotonic() + self._settings.lease_s
         while time.monotonic() < give_up_at:
             try:
-                await self._consumer.release([delivery.entry_id])
-                if self._on_handed_back is not None:
-                    self._on_handed_back()
+                await self._release(delivery.entry_id)
                 return
             except CONNECTION_ERRORS:
                 await asyncio.sleep(backoff.next_delay())

@@ -120,13 +120,15 @@ class Worker:
             worker_id=self.worker_id,
             stage=stage,
             on_engine_died=self.fail,
-            on_handed_back=self._reclaim_soon,
+            release=self._hand_back_entry,
         )
         self._alive = alive
         self._failure: str | None = None
         self._withdrawal: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._running: dict[str, _Running] = {}
+        self._handed_back: set[str] = set()  # running entries released for reclaim: not renewed
+        self._leases = asyncio.Lock()  # renewals and hand-backs, never interleaved
         self._stopping = asyncio.Event()
         self._closing = asyncio.Event()
         self._started_at = time.time()
@@ -257,6 +259,17 @@ class Worker:
             elif burst:
                 await self._wait_for_slot()
 
+    async def _hand_back_entry(self, entry_id: str) -> None:
+        """Releases a running job's entry (its attempt was abandoned) so it runs again soon.
+
+        Under the lease lock, and never renewed afterwards: a renewal sent before the release
+        and landing after it set the entry's idle time back to 0, and the job waited a whole
+        lease instead of running again at once (both retry the moment Redis comes back)."""
+        async with self._leases:
+            await self._consumer.release([entry_id])
+            self._handed_back.add(entry_id)
+        self._reclaim_soon()
+
     def _reclaim_soon(self) -> None:
         """A job was handed back after an outage: look for reclaimable jobs at the next turn of
         the loop, not at the next ``reclaim_interval_s``, so it runs again seconds sooner."""
@@ -302,6 +315,7 @@ class Worker:
 
     def _forget(self, entry_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(entry_id, None)
+        self._handed_back.discard(entry_id)
         metrics.RUNNING.labels(self.stage).set(len(self._running))
 
     async def _wait_for_slot(self) -> None:
@@ -333,15 +347,23 @@ class Worker:
             await sleep_until(self._closing, delay)
 
     async def _heartbeat(self) -> None:
+        """Renews the running jobs' leases, then publishes ``info``.
+
+        Leases first: ``XCLAIM`` needs no memory, so while Redis is full (``-OOM`` for the
+        heartbeat key's ``SET``) running jobs keep their leases. Published first, the refused
+        ``SET`` skipped the renewal, and a lease later this worker's own ``XAUTOCLAIM`` took its
+        running job back and ran it again, until the third delivery dead-lettered it (the
+        backbone chaos run: a 4 s full window, 2 s leases)."""
         if self._failure is not None:
             return
-        await self._registry.publish(self.info())
-        running = dict(self._running)
-        lost = await self._consumer.touch(list(running))
+        async with self._leases:
+            running = {e: r for e, r in self._running.items() if e not in self._handed_back}
+            lost = await self._consumer.touch(list(running))
         for entry_id in lost:
             ctx = running[entry_id].ctx if entry_id in running else None
             if ctx is not None:
                 ctx.request_stop("lost")
+        await self._registry.publish(self.info())
 
     async def _watch_loop(self) -> None:
         """Flag cancelled and expired jobs quickly (cancellation must not wait a heartbeat), and
