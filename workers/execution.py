@@ -82,14 +82,14 @@ class JobExecutor:
         *,
         worker_id: str,
         stage: keys.Stage,
+        release: Callable[[str], Awaitable[None]],
         on_engine_died: Callable[[str], None] | None = None,
-        release: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = redis
         self._on_engine_died = on_engine_died
-        # makes one abandoned entry reclaimable now (the worker's, serialized with its lease
-        # renewals); by default the consumer's release alone
-        self._release = release or self._release_alone
+        # makes one abandoned entry reclaimable now; the worker's, serialized with its lease
+        # renewals (a renewal landing after the release would undo it)
+        self._release = release
         self._settings = settings
         self._consumer = consumer
         self._handler = handler
@@ -120,9 +120,6 @@ class JobExecutor:
                 outcome = "abandoned"
             metrics.JOBS.labels(self._stage, outcome).inc()
             self.processed += 1
-
-    async def _release_alone(self, entry_id: str) -> None:
-        await self._consumer.release([entry_id])
 
     async def _hand_back(self, delivery: Delivery) -> None:
         """Make an abandoned job reclaimable as soon as Redis answers again.

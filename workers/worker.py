@@ -82,6 +82,7 @@ class _Running:
     delivery: Delivery
     ctx: JobContext | None
     task: asyncio.Task[None]
+    handed_back: bool = False  # released for reclaim (attempt abandoned): its lease not renewed
 
 
 class Worker:
@@ -127,7 +128,6 @@ class Worker:
         self._withdrawal: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._running: dict[str, _Running] = {}
-        self._handed_back: set[str] = set()  # running entries released for reclaim: not renewed
         self._leases = asyncio.Lock()  # renewals and hand-backs, never interleaved
         self._stopping = asyncio.Event()
         self._closing = asyncio.Event()
@@ -267,7 +267,8 @@ class Worker:
         lease instead of running again at once (both retry the moment Redis comes back)."""
         async with self._leases:
             await self._consumer.release([entry_id])
-            self._handed_back.add(entry_id)
+            if entry_id in self._running:
+                self._running[entry_id].handed_back = True
         self._reclaim_soon()
 
     def _reclaim_soon(self) -> None:
@@ -315,7 +316,6 @@ class Worker:
 
     def _forget(self, entry_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(entry_id, None)
-        self._handed_back.discard(entry_id)
         metrics.RUNNING.labels(self.stage).set(len(self._running))
 
     async def _wait_for_slot(self) -> None:
@@ -357,7 +357,7 @@ class Worker:
         if self._failure is not None:
             return
         async with self._leases:
-            running = {e: r for e, r in self._running.items() if e not in self._handed_back}
+            running = {e: r for e, r in self._running.items() if not r.handed_back}
             lost = await self._consumer.touch(list(running))
         for entry_id in lost:
             ctx = running[entry_id].ctx if entry_id in running else None

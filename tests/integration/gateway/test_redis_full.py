@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -301,46 +301,6 @@ async def test_running_job_waits_for_room_then_finishes(
     assert isinstance(replies[-1].event, Done)
 
 
-def counted(handler: Handler, runs: list[str]) -> Handler:
-    """``handler``, recording the job id of every run it starts."""
-
-    async def counting(job: Job, ctx: JobContext) -> AsyncIterator[Event]:
-        runs.append(job.job_id)
-        async for event in handler(job, ctx):
-            yield event
-
-    return counting
-
-
-async def held_through(
-    settings: RedisSettings,
-    queue: QueueSettings,
-    admin: Redis,
-    hold_s: float,
-    during: Callable[[], Awaitable[None]],
-    after: Callable[[], Awaitable[None]],
-) -> tuple[list[str], list[int], list[tuple[int, str]]]:
-    """One job held running for ``hold_s`` between ``during`` and ``after``: the runs started,
-    the entry's delivery count at the end of the hold, and the (attempt, type) of its replies."""
-    release = asyncio.Event()
-    runs: list[str] = []
-    stream = keys.job_stream("llm", "tiny")
-    async with (
-        # room for a second job: a worker with none claims nothing, its own jobs included
-        running_worker(settings, queue, counted(blob_handler(release), runs), capacity=2),
-        gateway(settings, queue) as transport,
-        await transport.submit(chat_job(transport.reply_to, deadline_s=30)) as events,
-    ):
-        replies = [await events.__anext__(), await events.__anext__()]  # started, text
-        await during()
-        await asyncio.sleep(hold_s)
-        pending = await admin.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 10)
-        await after()
-        release.set()
-        replies += [reply async for reply in events]
-    return runs, [int(p["times_delivered"]) for p in pending], summary(replies)
-
-
 async def test_running_jobs_keep_their_leases_while_redis_is_full(
     settings: RedisSettings, admin: Redis
 ) -> None:
@@ -348,18 +308,37 @@ async def test_running_jobs_keep_their_leases_while_redis_is_full(
     ``SET``, so a job running through a full Redis (four leases) is neither taken back by its
     own worker nor run twice, and answers once, as its first attempt."""
     queue = fast_queue_settings(lease_s=0.5, heartbeat_interval_s=0.1)
-    count = 0
+    release = asyncio.Event()
+    runs: list[str] = []
+    blobs = blob_handler(release)
 
-    async def fill_it() -> None:
-        nonlocal count
+    async def counted(job: Job, ctx: JobContext) -> AsyncIterator[Event]:
+        runs.append(job.job_id)
+        async for event in blobs(job, ctx):
+            yield event
+
+    stream = keys.job_stream("llm", "tiny")
+    async with (
+        # room for a second job: a worker with none claims nothing, its own jobs included
+        running_worker(settings, queue, counted, capacity=2),
+        gateway(settings, queue) as transport,
+        await transport.submit(chat_job(transport.reply_to, deadline_s=30)) as events,
+    ):
+        replies = [await events.__anext__(), await events.__anext__()]  # started, text
         count = await fill(admin)
-
-    runs, delivered, replies = await held_through(
-        settings, queue, admin, 4 * queue.lease_s, fill_it, lambda: make_room(admin, count)
-    )
+        await asyncio.sleep(4 * queue.lease_s)
+        pending = await admin.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 10)
+        await make_room(admin, count)
+        release.set()
+        replies += [reply async for reply in events]
     assert len(runs) == 1, runs
-    assert delivered == [1]
-    assert replies == [(1, "started"), (1, "text.delta"), (1, "embedding.ready"), (1, "done")]
+    assert [int(p["times_delivered"]) for p in pending] == [1]
+    assert summary(replies) == [
+        (1, "started"),
+        (1, "text.delta"),
+        (1, "embedding.ready"),
+        (1, "done"),
+    ]
 
 
 async def test_job_that_cannot_answer_is_acknowledged_and_logged(
