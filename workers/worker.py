@@ -302,6 +302,15 @@ class Worker:
         parsed = [(delivery, parse_job(delivery.raw)) for delivery in deliveries]
         parsed.sort(key=lambda pair: -_priority(pair[1]))
         for delivery, job in parsed:
+            current = self._running.get(delivery.entry_id)
+            if current is not None and not current.handed_back:
+                # This worker's own XAUTOCLAIM took back a job it still runs: the lease lapsed
+                # (the loop stalled past a lease, or every renewal failed) and no other worker
+                # claimed it first. The claim made this worker the owner again and reset the
+                # idle time, a renewal; starting the job again would run it twice here.
+                logger.warning("job entry %s: lease lapsed while it ran here; it runs on",
+                               delivery.entry_id)  # fmt: skip
+                continue
             ctx = None
             if isinstance(job, Undecodable):
                 task = asyncio.create_task(self._executor.reject(delivery, job))
@@ -314,8 +323,12 @@ class Worker:
             task.add_done_callback(functools.partial(self._forget, delivery.entry_id))
         metrics.RUNNING.labels(self.stage).set(len(self._running))
 
-    def _forget(self, entry_id: str, _task: asyncio.Task[None]) -> None:
-        self._running.pop(entry_id, None)
+    def _forget(self, entry_id: str, task: asyncio.Task[None]) -> None:
+        """Drops a finished run, unless the entry already runs again here: a handed-back
+        attempt may end after the reclaim that started the next one, whose record stays."""
+        current = self._running.get(entry_id)
+        if current is not None and current.task is task:
+            del self._running[entry_id]
         metrics.RUNNING.labels(self.stage).set(len(self._running))
 
     async def _wait_for_slot(self) -> None:

@@ -334,3 +334,49 @@ async def test_clean_shutdown_hands_unfinished_jobs_over_at_once(
         replies = await collect(events)
         assert time.monotonic() - started < settings.lease_s  # no lease wait
     assert summary(replies)[-3:] == [(2, "started"), (2, "text.delta"), (2, "done")]
+
+
+async def test_a_lapsed_lease_does_not_make_a_worker_rerun_its_own_job(
+    redis: Redis, redis_settings: RedisSettings, queue_settings: QueueSettings
+) -> None:
+    """A running job's lease lapses (an event loop stalled longer than a lease, renewals that
+    all failed) and the first to see it idle is its own worker's ``XAUTOCLAIM``: the worker
+    must run on with the run it has, not start the job a second time beside it.
+
+    The lapse is made in Redis as a stall leaves it: the entry, still owned by the worker, set
+    idle past a lease (``XCLAIM ... IDLE``), again and again until the worker's reclaim pass
+    has seen it, since the worker's heartbeat renews it every ``heartbeat_interval_s``."""
+    runs: list[int] = []
+    lapses = 0
+
+    async def long_job(job: Job, ctx: JobContext) -> AsyncIterator[Event]:
+        runs.append(ctx.attempt)
+        yield TextDelta(text="a")
+        await asyncio.sleep(3 * queue_settings.lease_s)
+        yield TextDelta(text="b")
+
+    async with gateway(redis_settings, queue_settings) as gw:
+        events = await gw.submit(chat_job(gw.reply_to))
+        async with running_worker(redis_settings, queue_settings, long_job, capacity=2) as worker:
+            first = [await next_event(events), await next_event(events)]
+            [row] = await redis.xpending_range(STREAM, keys.WORKER_GROUP, "-", "+", 1)
+            entry_id = row["message_id"]
+            idle_ms = int(queue_settings.lease_s * 1000) + 1
+            while lapses < 50 and row["times_delivered"] == 1:
+                await redis.xclaim(
+                    STREAM, keys.WORKER_GROUP, worker.worker_id, 0, [entry_id],
+                    idle=idle_ms, justid=True,
+                )  # fmt: skip
+                lapses += 1
+                await asyncio.sleep(0.02)
+                [row] = await redis.xpending_range(STREAM, keys.WORKER_GROUP, "-", "+", 1)
+            assert row["times_delivered"] == 2  # the worker's own XAUTOCLAIM took it back
+            rest = await collect(events)
+    assert summary(first + rest) == [
+        (1, "started"),
+        (1, "text.delta"),
+        (1, "text.delta"),
+        (1, "done"),
+    ]
+    assert runs == [1]
+    assert await pending_count(redis) == 0
