@@ -18,7 +18,12 @@ times, images/s not below batch-level, p99 end-to-end >= 1.5x better.
 The capacity run also measures the step time at every row count (1..max_batch): beside each
 policy's measured row the report prints its *ideal* row, the same trace on a scheduler that
 costs nothing (``workers.diffusion.load_model``), so a miss reads as queueing (the ideal misses
-too) or as the implementation (measured worse than ideal).
+too) or as the implementation (measured worse than ideal). On a shared machine the device can be
+slower during a replay than during the capacity run, which raises the load the replay really
+offers: every replay times its UNet steps (``BatchRunner``'s ``on_step``) against the curve at
+the same jobs per step, and the report adds the ideal on a device that much slower (``xF ideal``).
+Measured against that row, a gap is the implementation's; that row against the plain ideal is
+the machine's drift.
 """
 
 from __future__ import annotations
@@ -70,10 +75,10 @@ def measure_capacity(
     settings: DiffusionWorkerSettings,
 ) -> Capacity:
     """The device's costs, in parts, as the worker's runner pays them: the sampling time of a
-    batch of 1..max_batch rows (the ideal replay's step-time curve), and per job the rest, its
-    preparation (each job alone, as the runner prepares it) and its share of decoding a full
-    batch in ``decode_batch`` chunks. Capacity is ``Device.capacity``: back-to-back full
-    batches of those costs, the same number the ideal replay is built on.
+    batch of 1..max_batch rows (the ideal replay's step-time curve), a job's preparation (each
+    job alone, as the runner prepares it), and one decode call of 1..``decode_batch`` images
+    (step-level decodes jobs as they finish, often alone). Capacity is ``Device.capacity``:
+    back-to-back full batches of those costs, the same number the ideal replay is built on.
 
     Each part is the median of three rounds after one warm-up, and each round measures every
     part, so a burst of contention spoils one sample of several parts, not all three samples of
@@ -88,19 +93,23 @@ def measure_capacity(
     latents = pipeline.sample(jobs, options)  # also the warm-up
     pipeline.decode(latents[: settings.decode_batch])
     sample_s: list[list[float]] = [[] for _ in jobs]  # [rows - 1] -> seconds per round
-    rest_s: list[float] = []
+    decode_s: list[list[float]] = [[] for _ in range(min(settings.decode_batch, len(jobs)))]
+    prepare_s: list[float] = []
     for _ in range(3):
         for rows, samples in enumerate(sample_s, start=1):
             samples.append(_sample_s(pipeline, jobs[:rows], options))
         started = time.perf_counter()
         for job in generate:
             pipeline.prepare_generate([job])
-        for start in range(0, len(latents), settings.decode_batch):
-            pipeline.decode(latents[start : start + settings.decode_batch])
-        rest_s.append(time.perf_counter() - started)
+        prepare_s.append((time.perf_counter() - started) / len(generate))
+        for images, samples in enumerate(decode_s, start=1):
+            started = time.perf_counter()
+            pipeline.decode(latents[:images])
+            samples.append(time.perf_counter() - started)
     steps = options.num_inference_steps
     curve = tuple(statistics.median(samples) / steps for samples in sample_s)
-    device = Device(curve, statistics.median(rest_s) / settings.max_batch)
+    decode = tuple(statistics.median(samples) for samples in decode_s)
+    device = Device(curve, statistics.median(prepare_s), decode)
     return Capacity(curve[-1], device.capacity(steps), device)
 
 
@@ -142,7 +151,12 @@ async def replay(
 ) -> PolicyResult:
     """The trace against one policy (``settings.batching``) on the worker's batching parts,
     batches running on ``device`` (where ``pipeline`` was loaded and the capacity measured)."""
-    runner = BatchRunner(pipeline, decode_batch=settings.decode_batch)
+    steps: list[tuple[int, float]] = []  # (jobs, seconds) of every UNet step
+    runner = BatchRunner(
+        pipeline,
+        decode_batch=settings.decode_batch,
+        on_step=lambda jobs, seconds: steps.append((jobs, seconds)),
+    )
     policy = BatchPolicy(settings.max_batch, settings.max_batch_pixels, settings.batch_wait_s,
                          settings.starvation_s)  # fmt: skip
     finished: dict[int, float] = {}
@@ -171,7 +185,9 @@ async def replay(
     waits = [((t.started or 0.0) - t.submitted) / capacity.step_s for t in tickets]
     latency = [finished[i] - t.submitted for i, t in enumerate(tickets)]
     span = max(finished.values()) - min(t.submitted for t in tickets)
-    return PolicyResult(settings.batching, waits, latency, len(tickets) / span)
+    expected = sum(capacity.device.step_s(jobs) for jobs, _ in steps)
+    slowdown = sum(seconds for _, seconds in steps) / expected
+    return PolicyResult(settings.batching, waits, latency, len(tickets) / span, slowdown=slowdown)
 
 
 def run_load_bench(
@@ -203,17 +219,23 @@ def run_load_bench(
                     replay(pipeline, policy_settings, embeds, arrivals, options, capacity, device)
                 )
             )
-    results = [
-        PolicyResult(
-            name,
-            [w for run in runs[name] for w in run.wait_steps],
-            [s for run in runs[name] for s in run.latency_s],
-            statistics.median(run.images_per_s for run in runs[name]),
-            ideal(name, arrivals, capacity.device, options.num_inference_steps, capacity.step_s),
-            tuple(runs[name]),
+    steps = options.num_inference_steps
+    results = []
+    for name in POLICIES:
+        slowdown = statistics.median(run.slowdown or 1.0 for run in runs[name])
+        slowed = capacity.device.slower(slowdown)
+        results.append(
+            PolicyResult(
+                name,
+                [w for run in runs[name] for w in run.wait_steps],
+                [s for run in runs[name] for s in run.latency_s],
+                statistics.median(run.images_per_s for run in runs[name]),
+                ideal(name, arrivals, capacity.device, steps, capacity.step_s),
+                tuple(runs[name]),
+                slowdown,
+                ideal(name, arrivals, slowed, steps, capacity.step_s),
+            )
         )
-        for name in POLICIES
-    ]
     return capacity, results
 
 
@@ -223,11 +245,13 @@ def report(capacity: Capacity, results: list[PolicyResult]) -> list[str]:
     the median of the repeats' (:func:`~workers.diffusion.load_model.figures`), and every
     repeat's p99 end-to-end is listed."""
     curve = ", ".join(f"{t * 1000:.1f}" for t in capacity.device.step_s_by_rows)
+    decodes = ", ".join(f"{t * 1000:.1f}" for t in capacity.device.decode_s_by_images)
     lines = [
         f"capacity {capacity.images_per_s:.2f} images/s at a full batch; "
         f"step time {capacity.step_s * 1000:.1f} ms",
         f"ideal replay: step ms at 1..{capacity.device.max_batch} rows {curve}; "
-        f"{capacity.device.job_s * 1000:.1f} ms per job besides",
+        f"{capacity.device.job_s * 1000:.1f} ms to prepare a job; decode ms of 1.."
+        f"{len(capacity.device.decode_s_by_images)} images {decodes}",
         f"{'policy':<14}{'wait p50':>10}{'wait p99':>10}{'e2e p50 s':>11}{'e2e p99 s':>11}"
         f"{'images/s':>10}",
     ]
@@ -235,11 +259,19 @@ def report(capacity: Capacity, results: list[PolicyResult]) -> list[str]:
         lines.append(_row(r.policy, figures(r)))
         if r.ideal is not None:
             lines.append(_row(f"{r.policy} ideal", figures(r.ideal)))
+        if r.ideal_slowed is not None:
+            lines.append(_row(f"  x{r.slowdown:.2f} ideal", figures(r.ideal_slowed)))
     by = {r.policy: r for r in results}
     batch, step = by["batch"], by["step"]
     lines.append(f"step vs batch: {_goals(figures(batch), figures(step))}")
     if batch.ideal is not None and step.ideal is not None:
         lines.append(f"ideal: {_goals(figures(batch.ideal), figures(step.ideal))}")
+    if batch.slowdown is not None and step.slowdown is not None:
+        lines.append(
+            f"UNet steps of the replays ÷ the capacity run's at the same jobs: batch "
+            f"{batch.slowdown:.2f}, step {step.slowdown:.2f} (medians of the repeats; 'xF ideal': "
+            "the ideal on a device F times slower, what the replay's machine allowed)"
+        )
     if len(batch.repeats) > 1:
         each = "; ".join(
             f"{r.policy} " + ", ".join(f"{Figures.of_run(run).e2e_p99:.3f}" for run in r.repeats)

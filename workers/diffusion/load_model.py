@@ -13,11 +13,14 @@ scheduler that costs nothing and never hesitates:
 * ``step``: at every step boundary waiting jobs join (oldest first) while rows are free; a row
   leaves after its last step.
 
-Preparation and decoding are one constant device cost per job (``job_s``: the measured full
-batch's run minus its sampling, divided by its rows), paid in the step where the job finishes;
-with it a full batch takes exactly what the capacity measurement measured. No batching window
-(``batch_wait_s``), no lone-decode penalty, no Python between steps: a measured row worse than
-its ideal row is the implementation's loss; an ideal row that misses a goal is queueing's.
+Preparation is a constant device cost per job (``job_s``) and decoding a cost per decode call
+of 1..``decode_batch`` images (``decode_s_by_images``), both as the bench times them and both
+paid in the step where the job finishes: jobs that finish together are decoded together, in
+calls of at most ``decode_batch``, so step-level's staggered finishes pay the dearer small
+decodes that any step-level scheduler pays (holding a finished image for companions does not
+pay: measured, docs/performance.md), and a full batch takes what the capacity run measured.
+No batching window (``batch_wait_s``), no Python between steps: a measured row worse than its
+ideal row is the implementation's loss; an ideal row that misses a goal is queueing's.
 Pure Python (no torch), so it is cheap to sweep loads and batch sizes.
 """
 
@@ -34,10 +37,13 @@ POLICIES = ("batch", "step")
 
 @dataclass(frozen=True)
 class Device:
-    """Seconds per denoising step at 1..max_batch rows (index 0 = 1 row), and per-job cost."""
+    """Seconds per denoising step at 1..max_batch rows (index 0 = 1 row); per job besides
+    (``job_s``: preparation, and decoding too when ``decode_s_by_images`` is empty); per decode
+    call of 1..decode_batch images."""
 
     step_s_by_rows: tuple[float, ...]
     job_s: float = 0.0
+    decode_s_by_images: tuple[float, ...] = ()
 
     @property
     def max_batch(self) -> int:
@@ -46,15 +52,41 @@ class Device:
     def step_s(self, rows: int) -> float:
         return self.step_s_by_rows[rows - 1]
 
+    def decode_s(self, images: int) -> float:
+        """Decoding ``images`` that finished together, in calls of at most decode_batch."""
+        if not self.decode_s_by_images or images == 0:
+            return 0.0
+        full, rest = divmod(images, len(self.decode_s_by_images))
+        last = self.decode_s_by_images[rest - 1] if rest else 0.0
+        return full * self.decode_s_by_images[-1] + last
+
+    def finish_s(self, jobs: int) -> float:
+        """The device time of ``jobs`` finishing together, besides their steps."""
+        return jobs * self.job_s + self.decode_s(jobs)
+
+    def slower(self, factor: float) -> Device:
+        """This device with every cost ``factor`` times as long (a replay that ran slower than
+        the capacity run: the ideal of the device it actually ran on)."""
+        return Device(
+            tuple(s * factor for s in self.step_s_by_rows),
+            self.job_s * factor,
+            tuple(s * factor for s in self.decode_s_by_images),
+        )
+
     def capacity(self, steps: int) -> float:
         """Images/s of back-to-back full batches: what the bench calls capacity."""
-        return self.max_batch / (steps * self.step_s(self.max_batch) + self.max_batch * self.job_s)
+        full = self.max_batch
+        return full / (steps * self.step_s(full) + self.finish_s(full))
 
 
 @dataclass(frozen=True)
 class PolicyResult:
     """One policy's run of the trace (seconds, except ``wait_steps``); measured runs carry the
-    ideal run of the same trace (:func:`ideal`) for comparison."""
+    ideal run of the same trace (:func:`ideal`) for comparison, and how much slower than the
+    capacity run their UNet steps were (``slowdown``: their seconds ÷ the step-time curve's at
+    the same jobs per step) with the ideal run on a device that much slower (``ideal_slowed``).
+    Measured against ``ideal_slowed``, a replay's loss is its implementation's; ``ideal_slowed``
+    against ``ideal`` is the machine's drift between the capacity run and the replay."""
 
     policy: str
     wait_steps: list[float]
@@ -62,6 +94,8 @@ class PolicyResult:
     images_per_s: float
     ideal: PolicyResult | None = None
     repeats: tuple[PolicyResult, ...] = ()  # the runs pooled here, when there were several
+    slowdown: float | None = None
+    ideal_slowed: PolicyResult | None = None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -142,11 +176,11 @@ def ideal(
                 started[job] = now
                 running[job] = steps
         if policy == "batch":
-            now += steps * device.step_s(len(running)) + len(running) * device.job_s
+            now += steps * device.step_s(len(running)) + device.finish_s(len(running))
             done = list(running)
         else:
             done = [job for job, left in running.items() if left == 1]
-            now += device.step_s(len(running)) + len(done) * device.job_s
+            now += device.step_s(len(running)) + device.finish_s(len(done))
             for job in running:
                 running[job] -= 1
         for job in done:
@@ -192,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         "--curve-ms", required=True, help="step ms at 1,2,... rows, comma-separated"
     )
     parser.add_argument("--job-ms", type=float, default=0.0, help="per-job device ms besides steps")
+    parser.add_argument(
+        "--decode-ms",
+        default="",
+        help="ms of one decode call of 1,2,... images, comma-separated (else in --job-ms)",
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=50, help="traces (seeds 0..N-1)")
@@ -199,13 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", default="0.5,0.7", help="comma-separated")
     args = parser.parse_args(argv)
     curve = tuple(float(ms) / 1000 for ms in args.curve_ms.split(","))
+    decode = tuple(float(ms) / 1000 for ms in args.decode_ms.split(",") if ms)
     print(f"ideal scheduler, {args.steps} steps, {args.jobs} jobs, median over seeds "
           f"0..{args.seeds - 1}")  # fmt: skip
     print(f"{'max batch':>9}{'load':>6}{'step p99 wait':>15}{'p99 e2e x':>11}{'images/s x':>12}")
     for max_batch in (int(b) for b in args.max_batch.split(",")):
         if max_batch > len(curve):
             raise SystemExit(f"--curve-ms has {len(curve)} points, --max-batch {max_batch}")
-        device = Device(curve[:max_batch], args.job_ms / 1000)
+        device = Device(curve[:max_batch], args.job_ms / 1000, decode)
         for load in (float(x) for x in args.load.split(",")):
             wait, better, ratio = sweep(device, args.steps, args.jobs, load, range(args.seeds))
             print(f"{max_batch:>9}{load:>6.2f}{wait:>15.2f}{better:>11.2f}{ratio:>12.2f}")

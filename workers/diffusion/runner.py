@@ -112,12 +112,20 @@ class BatchRunner:
     """Prepares, samples and decodes batches on one ``DetokenizerPipeline``."""
 
     def __init__(
-        self, pipeline: DetokenizerPipeline, *, decode_batch: int = 4, vae_tiling_min_side: int = 0
+        self,
+        pipeline: DetokenizerPipeline,
+        *,
+        decode_batch: int = 4,
+        vae_tiling_min_side: int = 0,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.decode_batch = decode_batch
         self.vae_tiling_min_side = vae_tiling_min_side
         self.step_seconds: float | None = None  # the last step's wall time (queue wait in steps)
+        # (jobs in the step, its seconds) after every step: the load bench's check that a replay
+        # ran on the device its capacity was measured on (``workers.diffusion.load_bench``)
+        self.on_step = on_step
 
     def run(self, items: Sequence[BatchItem], admit: Admit | None = None) -> None:
         """Runs one batch of requests sharing a ``BatchKey`` to its end; never raises."""
@@ -161,6 +169,8 @@ class BatchRunner:
                     continue
                 self.step_seconds = time.perf_counter() - last
                 metrics.STEP_SECONDS.observe(self.step_seconds)
+                if self.on_step is not None:
+                    self.on_step(len(batch), self.step_seconds)
                 metrics.UNET_ROWS.observe(batch.rows)
                 self._after_step(batch, report)
                 decodes.extend(batch.pop_finished())

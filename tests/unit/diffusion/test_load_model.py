@@ -129,3 +129,32 @@ def test_a_policys_figures_are_the_medians_of_its_repeats() -> None:
     assert f.wait_p50 == 0.5
     # a single run is its own figures
     assert figures(runs[0]) == Figures.of_run(runs[0])
+
+
+def test_a_slower_device_is_every_cost_scaled() -> None:
+    device = Device((0.1, 0.15), job_s=0.02)
+    slower = device.slower(1.5)
+    assert slower.step_s_by_rows == pytest.approx((0.15, 0.225))
+    assert slower.job_s == pytest.approx(0.03)
+    assert slower.capacity(10) == pytest.approx(device.capacity(10) / 1.5)
+
+
+def test_jobs_finishing_together_share_decode_calls() -> None:
+    device = Device((1.0,), job_s=0.1, decode_s_by_images=(0.4, 0.6))  # decode_batch 2
+    assert device.decode_s(0) == 0.0
+    assert device.decode_s(1) == 0.4
+    assert device.decode_s(2) == 0.6
+    assert device.decode_s(5) == pytest.approx(0.6 + 0.6 + 0.4)  # calls of 2, 2 and 1
+    assert device.finish_s(2) == pytest.approx(0.2 + 0.6)
+    assert device.slower(2.0).decode_s_by_images == (0.8, 1.2)
+
+
+def test_staggered_finishes_pay_lone_decodes_under_step_level() -> None:
+    """Two jobs a step apart: batch-level decodes them in one call of two, step-level (which
+    finishes them a step apart) in two calls of one, each dearer per image."""
+    device = Device((1.0, 1.0), job_s=0.0, decode_s_by_images=(0.4, 0.6))
+    step = ideal("step", [0.0, 0.5], device, STEPS, step_s=1.0)
+    # the first finishes at 10 s + a lone decode; the second a step later + its own
+    assert step.latency_s == pytest.approx([10.4, 10.4 + 1.0 + 0.4 - 0.5])
+    batch = ideal("batch", [0.0, 0.0], device, STEPS, step_s=1.0)
+    assert batch.latency_s == pytest.approx([10.6, 10.6])
