@@ -262,13 +262,23 @@ class Worker:
     async def _hand_back_entry(self, entry_id: str) -> None:
         """Releases a running job's entry (its attempt was abandoned) so it runs again soon.
 
-        Under the lease lock, and never renewed afterwards: a renewal sent before the release
-        and landing after it set the entry's idle time back to 0, and the job waited a whole
-        lease instead of running again at once (both retry the moment Redis comes back)."""
+        Called from the abandoning attempt's own task (``JobExecutor``), and retried while Redis
+        is away. The entry is flagged handed back first: from then on it is not renewed, and a
+        reclaim of it (the release landed, or the lease ran out meanwhile) starts a new attempt
+        rather than leaving it to the abandoned one (``_start``). A retry that finds a newer
+        attempt holding the entry releases nothing: that would hand the new attempt's job away.
+        The release runs under the lease lock: a renewal sent before it and landing after it set
+        the idle time back to 0, and the job waited a whole lease instead of running again at
+        once (both retry the moment Redis comes back)."""
+        record = self._running.get(entry_id)
+        if record is not None:
+            if record.task is not asyncio.current_task():
+                return  # a newer attempt runs this entry now
+            record.handed_back = True
         async with self._leases:
+            if record is not None and self._running.get(entry_id) is not record:
+                return
             await self._consumer.release([entry_id])
-            if entry_id in self._running:
-                self._running[entry_id].handed_back = True
         self._reclaim_soon()
 
     def _reclaim_soon(self) -> None:
@@ -304,10 +314,11 @@ class Worker:
         for delivery, job in parsed:
             current = self._running.get(delivery.entry_id)
             if current is not None and not current.handed_back:
-                # This worker's own XAUTOCLAIM took back a job it still runs: the lease lapsed
-                # (the loop stalled past a lease, or every renewal failed) and no other worker
-                # claimed it first. The claim made this worker the owner again and reset the
-                # idle time, a renewal; starting the job again would run it twice here.
+                # This worker's own XAUTOCLAIM took back a job it still runs and has not
+                # abandoned: the lease lapsed (the loop stalled past a lease, or every renewal
+                # failed) and no other worker claimed it first. The claim made this worker the
+                # owner again and reset the idle time, a renewal; starting the job again would
+                # run it twice here. An abandoned attempt is flagged handed_back as it abandons.
                 logger.warning("job entry %s: lease lapsed while it ran here; it runs on",
                                delivery.entry_id)  # fmt: skip
                 continue
